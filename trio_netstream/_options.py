@@ -1,0 +1,101 @@
+"""Option value objects shared by streams and servers, checked once at construction."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import attrs
+
+__all__ = ["ServerOptions", "StreamOptions", "check_port", "check_timeout_ms", "is_path"]
+
+DEFAULT_HIGH_WATER_MARK = 16 * 1024
+
+
+def _bool(name: str) -> Any:
+    def check(_inst: object, _attr: object, value: object) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+
+    return check
+
+
+def check_number(name: str, value: object) -> float:
+    """A finite, non-negative int or float (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    return float(value)
+
+
+def check_timeout_ms(value: object) -> float:
+    """Validate a ``set_timeout`` period in milliseconds."""
+    return check_number("timeout", value)
+
+
+def check_port(port: object, *, allow_zero: bool) -> int:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port must be in {low}..65535, not {port}")
+    return port
+
+
+def is_path(value: object) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _non_negative_int(name: str) -> Any:
+    def check(_inst: object, _attr: object, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, not {value}")
+
+    return check
+
+
+def _number(name: str) -> Any:
+    def check(_inst: object, _attr: object, value: object) -> None:
+        check_number(name, value)
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class StreamOptions:
+    """Options of one stream (see SPEC: "Options shared by streams and servers")."""
+
+    allow_half_open: bool = attrs.field(default=True, validator=_bool("allow_half_open"))
+    no_delay: bool = attrs.field(default=False, validator=_bool("no_delay"))
+    keep_alive: bool = attrs.field(default=False, validator=_bool("keep_alive"))
+    keep_alive_initial_delay: float = attrs.field(
+        default=0, validator=_number("keep_alive_initial_delay")
+    )
+    high_water_mark: int = attrs.field(
+        default=DEFAULT_HIGH_WATER_MARK, validator=_non_negative_int("high_water_mark")
+    )
+    ssl: object = None
+    server_hostname: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.ssl is not None or self.server_hostname is not None:
+            raise NotImplementedError(
+                "TLS options (ssl=, server_hostname=) are not available yet in this release"
+            )
+
+
+@attrs.frozen(kw_only=True)
+class ServerOptions:
+    """Options of a server: its own, plus the options of every accepted stream."""
+
+    stream: StreamOptions
+    max_connections: int | None = attrs.field(default=None)
+
+    @max_connections.validator
+    def _check_max(self, _attr: object, value: object) -> None:
+        if value is not None:
+            _non_negative_int("max_connections")(self, _attr, value)

@@ -1,0 +1,480 @@
+"""The Server: Node's ``net.Server`` on Trio.
+
+How this works: the server's ``async with`` owns a nursery (a
+:class:`~trio_netstream._block.Block`). :meth:`Server.listen` binds a socket
+and starts the **accept loop** in it, which emits ``'listening'`` and then
+accepts. Every accepted connection gets its own task, which opens a small
+nursery for the connection's async ``'connection'`` listeners, emits
+``'connection'`` (plain listeners are called, async ones started), then runs
+the stream's lifecycle (``'connect'`` ... ``'close'``) and waits for those
+listeners. :meth:`Server.close` stops the accept loop at once and starts the
+**closer**, which emits the server's ``'close'`` once every connection task
+has finished.
+
+A listener's exception ends the server's block (it is re-raised from it); a
+network failure on one connection is that connection's ``'error'`` and, if
+nobody listens for it, is logged: one bad peer cannot bring a server down.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import logging
+import os
+import socket as _stdlib_socket
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import trio
+
+from ._block import Block
+from ._emitter import EventEmitter
+from ._errors import StreamStateError, TransportError, translate, transport_errors
+from ._options import ServerOptions, StreamOptions, check_port, is_path
+from ._stream import Stream
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("trio_netstream")
+
+# accept() failures that mean "out of resources right now": wait and retry.
+_RETRY_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_RETRY_DELAY = 0.1
+
+ConnectionListener = Callable[[Stream], object]
+
+
+@types.coroutine
+def _after_first_step(
+    coro: Coroutine[Any, Any, Any], first_step_done: Callable[[], object]
+) -> Generator[Any, Any, Any]:
+    """Run *coro* like ``await coro``, calling *first_step_done* as soon as it
+    first suspends (or finishes), from inside the task that runs it."""
+    try:
+        trap = coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        first_step_done()
+    while True:
+        try:
+            value = yield trap
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                trap = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                trap = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
+
+class Server(EventEmitter):
+    """A TCP or UNIX-socket server; run it with ``async with``.
+
+    Args:
+        connection_listener: added as a ``'connection'`` listener.
+        max_connections: close new connections at once while this many are
+            open (default: no limit).
+        **options: stream options applied to every accepted stream
+            (``allow_half_open``, ``no_delay``, ``keep_alive``,
+            ``keep_alive_initial_delay``, ``high_water_mark``).
+    """
+
+    __slots__ = (
+        "_accept_scope",
+        "_address",
+        "_block",
+        "_closed",
+        "_closing",
+        "_connections",
+        "_listening",
+        "_live_tasks",
+        "_options",
+        "_socket",
+        "_tasks_done",
+        "_unlink_path",
+    )
+
+    def __init__(
+        self,
+        connection_listener: ConnectionListener | None = None,
+        *,
+        max_connections: int | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        self._options = ServerOptions(
+            stream=StreamOptions(**options), max_connections=max_connections
+        )
+        if connection_listener is not None:
+            self.on("connection", connection_listener)
+        self._block = Block()
+        self._socket: trio.socket.SocketType | None = None
+        self._address: tuple[str, int] | str | None = None
+        self._unlink_path: str | None = None
+        self._accept_scope: trio.CancelScope | None = None
+        self._connections: set[Stream] = set()
+        self._live_tasks = 0
+        self._tasks_done = trio.lowlevel.ParkingLot()
+        self._listening = False
+        self._closing = False
+        self._closed = trio.Event()
+
+    # -- structured lifecycle --------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._block.enter("server")
+        self._closing = False
+        self._closed = trio.Event()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return await self._block.exit(exc, self.wait_closed, self._shut_down)
+
+    def _shut_down(self) -> None:
+        self.close()
+        for stream in list(self._connections):
+            stream.destroy()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` was called and the server emitted ``'close'``."""
+        await self._closed.wait()
+
+    # _Owner, for the streams this server accepted.
+    def listener_failed(self, exc: BaseException) -> None:
+        self._block.fail(exc)
+
+    def unhandled_error(self, stream: Stream, exc: BaseException) -> None:
+        logger.error("unhandled 'error' on %r", stream, exc_info=exc)
+
+    # -- listening ---------------------------------------------------------
+
+    @overload
+    async def listen(
+        self,
+        port: int = 0,
+        host: str | None = None,
+        *,
+        backlog: int = 511,
+        reuse_port: bool = False,
+    ) -> None: ...
+    @overload
+    async def listen(self, port: str | os.PathLike[str], *, backlog: int = 511) -> None: ...
+    @overload
+    async def listen(self, *, sock: _stdlib_socket.socket, backlog: int = 511) -> None: ...
+    async def listen(
+        self,
+        port: int | str | os.PathLike[str] = 0,
+        host: str | None = None,
+        *,
+        backlog: int = 511,
+        reuse_port: bool = False,
+        sock: _stdlib_socket.socket | None = None,
+    ) -> None:
+        """Bind and start accepting; returns once listening (``'listening'``
+        has been emitted by then).
+
+        ``listen(port, host)`` listens on TCP (``port=0`` picks a free port;
+        ``host=None`` means every address, IPv6 and IPv4 where possible);
+        ``listen(path)`` on a UNIX socket (the file is removed again at
+        :meth:`close`); ``listen(sock=...)`` adopts a bound stdlib socket,
+        listening or not. A failure to bind is raised here, as an
+        ``OSError`` with its ``errno`` and Node ``code`` (``EADDRINUSE``).
+
+        Raises:
+            TypeError, ValueError: bad arguments.
+            StreamStateError: outside the server's ``async with``, or
+                already listening.
+            OSError: binding or listening failed.
+        """
+        if isinstance(backlog, bool) or not isinstance(backlog, int):
+            raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
+        if not isinstance(reuse_port, bool):
+            raise TypeError(f"reuse_port must be a bool, not {type(reuse_port).__name__}")
+        if sock is not None:
+            if not isinstance(sock, _stdlib_socket.socket):
+                raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+            if sock.type != _stdlib_socket.SOCK_STREAM:
+                raise ValueError("sock must be a SOCK_STREAM socket")
+        elif not is_path(port):
+            check_port(port, allow_zero=True)
+            if host is not None and not isinstance(host, str):
+                raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+        nursery = self._block.nursery
+        if nursery is None:
+            raise StreamStateError("listen() needs the server's async with block to be running")
+        if self._listening:
+            raise StreamStateError("listen() is not allowed: the server is already listening")
+        if self._closing:
+            raise StreamStateError("listen() is not allowed: the server is closing")
+        self._listening = True
+        try:
+            with transport_errors():
+                listener = await self._bind(port, host, backlog, reuse_port, sock)
+        except TransportError as failure:
+            self._listening = False
+            raise failure.error from None
+        except BaseException:
+            self._listening = False
+            raise
+        self._socket = listener
+        self._address = self._read_address(listener)
+        await nursery.start(self._accept_loop, listener)
+
+    async def _bind(
+        self,
+        port: int | str | os.PathLike[str],
+        host: str | None,
+        backlog: int,
+        reuse_port: bool,
+        sock: _stdlib_socket.socket | None,
+    ) -> trio.socket.SocketType:
+        if sock is not None:
+            listener = trio.socket.from_stdlib_socket(sock)
+            if not listener.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN):
+                listener.listen(backlog)
+            return listener
+        if is_path(port):
+            path = os.fspath(port)  # type: ignore[arg-type]  # is_path checked it
+            listener = trio.socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
+            try:
+                await listener.bind(path)
+                listener.listen(backlog)
+            except BaseException:
+                listener.close()
+                raise
+            self._unlink_path = path
+            return listener
+        assert isinstance(port, int)
+        if host is None:
+            candidates: list[tuple[Any, ...]] = []
+            if _stdlib_socket.has_ipv6:
+                candidates.append((_stdlib_socket.AF_INET6, ("::", port)))
+            candidates.append((_stdlib_socket.AF_INET, ("0.0.0.0", port)))
+        else:
+            infos = await trio.socket.getaddrinfo(
+                host, port, type=_stdlib_socket.SOCK_STREAM, flags=_stdlib_socket.AI_PASSIVE
+            )
+            candidates = [(family, address) for family, _, _, _, address in infos]
+        last_error: OSError | None = None
+        for family, address in candidates:
+            listener = trio.socket.socket(family, _stdlib_socket.SOCK_STREAM)
+            try:
+                listener.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    listener.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
+                if family == _stdlib_socket.AF_INET6 and host is None:
+                    listener.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 0)
+                await listener.bind(address)
+                listener.listen(backlog)
+            except OSError as exc:
+                listener.close()
+                last_error = exc
+                if exc.errno == errno.EADDRINUSE:
+                    break  # the port is taken: another family will not help
+                continue
+            except BaseException:
+                listener.close()
+                raise
+            return listener
+        assert last_error is not None
+        raise last_error
+
+    @staticmethod
+    def _read_address(listener: trio.socket.SocketType) -> tuple[str, int] | str:
+        name = listener.getsockname()
+        if listener.family == _stdlib_socket.AF_UNIX:
+            return name if isinstance(name, str) else os.fsdecode(name)
+        return (name[0], name[1])
+
+    async def _accept_loop(
+        self,
+        listener: trio.socket.SocketType,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with trio.CancelScope() as scope:
+            self._accept_scope = scope
+            try:
+                await self._emit("listening")
+            finally:
+                task_status.started()
+            while True:
+                try:
+                    sock, _ = await listener.accept()
+                except trio.ClosedResourceError:
+                    return  # close() closed the socket under us
+                except OSError as exc:
+                    if exc.errno in _RETRY_ACCEPT:
+                        logger.warning("accept() failed, retrying: %s", exc)
+                        await trio.sleep(_RETRY_DELAY)
+                        continue
+                    await self._accept_failed(translate(exc))
+                    return
+                self._accepted(trio.SocketStream(sock))
+
+    async def _accept_failed(self, error: BaseException) -> None:
+        """A lasting accept() failure: ``'error'`` (or the block fails), then close."""
+        self.close()
+        if self.listener_count("error"):
+            await self._emit("error", error)
+        else:
+            self._block.fail(error)
+
+    async def _emit(self, event: str, *args: object) -> None:
+        try:
+            pending = self.emit(event, *args)
+            if pending is not None:
+                await pending
+        except Exception as exc:  # a listener raised
+            self.listener_failed(exc)
+
+    def _accepted(self, transport: trio.SocketStream) -> None:
+        limit = self._options.max_connections
+        if limit is not None and len(self._connections) >= limit:
+            transport.socket.close()
+            return
+        stream = Stream._for_server(transport, self._options.stream, self)
+        self._connections.add(stream)
+        self._live_tasks += 1
+        assert self._block.nursery is not None
+        self._block.nursery.start_soon(self._serve, stream)
+
+    async def _serve(self, stream: Stream) -> None:
+        try:
+            async with trio.open_nursery() as handlers:
+                try:
+                    started = self._dispatch_connection(stream, handlers)
+                except Exception as exc:  # a 'connection' listener raised
+                    self.listener_failed(exc)
+                    stream.destroy()
+                    started = []
+                for first_step in started:
+                    # Async listeners have run up to their first await (and so
+                    # registered their listeners) before 'connect' and 'data'.
+                    await first_step.wait()
+                try:
+                    await stream._run_server_side()
+                finally:
+                    self._connections.discard(stream)
+        finally:
+            self._live_tasks -= 1
+            self._tasks_done.unpark_all()
+
+    def _dispatch_connection(self, stream: Stream, handlers: trio.Nursery) -> list[trio.Event]:
+        """Call plain ``'connection'`` listeners; start async ones as tasks."""
+        started = []
+        for listener in self.take_listeners("connection"):
+            result = listener(stream)
+            if result is not None and inspect.isawaitable(result):
+                first_step = trio.Event()
+                handlers.start_soon(self._run_handler, result, first_step)
+                started.append(first_step)
+        return started
+
+    async def _run_handler(self, pending: Awaitable[object], first_step: trio.Event) -> None:
+        try:
+            if inspect.iscoroutine(pending):
+                await _after_first_step(pending, first_step.set)
+            else:
+                first_step.set()
+                await pending
+        except Exception as exc:
+            self.listener_failed(exc)
+        finally:
+            first_step.set()
+
+    # -- closing -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop accepting; ``'close'`` follows once every connection has closed.
+
+        Open connections live on. Idempotent.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        if self._socket is not None:
+            self._socket.close()
+        nursery = self._block.nursery
+        if nursery is not None:
+            nursery.start_soon(self._finish_close)
+
+    async def _finish_close(self) -> None:
+        while self._live_tasks:
+            await self._tasks_done.park()
+        if self._unlink_path is not None:
+            try:
+                os.unlink(self._unlink_path)
+            except OSError:
+                pass
+            self._unlink_path = None
+        self._socket = None
+        self._address = None
+        self._accept_scope = None
+        self._listening = False
+        try:
+            await self._emit("close")
+        finally:
+            self._closed.set()
+
+    # -- properties -----------------------------------------------------------
+
+    def address(self) -> tuple[str, int] | str | None:
+        """The bound address: ``(host, port)``, or the UNIX path; ``None`` if not listening."""
+        return self._address
+
+    @property
+    def listening(self) -> bool:
+        return self._listening and not self._closing
+
+    @property
+    def connections(self) -> int:
+        """How many accepted connections are open."""
+        return len(self._connections)
+
+    @property
+    def max_connections(self) -> int | None:
+        return self._options.max_connections
+
+    if TYPE_CHECKING:
+
+        @overload  # type: ignore[override]  # narrower, typed per event
+        def on(self, event: Literal["connection"], listener: ConnectionListener) -> Self: ...
+        @overload
+        def on(self, event: Literal["listening", "close"], listener: Callable[[], object]) -> Self: ...
+        @overload
+        def on(self, event: Literal["error"], listener: Callable[[BaseException], object]) -> Self: ...
+        @overload
+        def on(self, event: str) -> Callable[[Any], Any]: ...
+        def on(self, event: str, listener: Any = None) -> Any: ...
+
+    def __repr__(self) -> str:
+        return f"<trio_netstream.Server address={self._address!r} connections={self.connections}>"
+
+    # Node names
+    maxConnections = max_connections
+    addListener = EventEmitter.on
+    removeListener = EventEmitter.off
+    remove_listener = EventEmitter.off
+    removeAllListeners = EventEmitter.remove_all_listeners
+    listenerCount = EventEmitter.listener_count

@@ -1,0 +1,126 @@
+"""The ready-state machine of a stream, as one table (h11 style).
+
+Node's ``readyState`` has five public values. Internally a few more states
+are needed to know what is still pending, and each maps onto one public
+value:
+
+============== ============= ==============================================
+state          ready_state   meaning
+============== ============= ==============================================
+CLOSED         ``closed``    no connection; ``connect()`` is legal
+OPENING        ``opening``   connecting; writes are queued
+OPENING_ENDED  ``opening``   connecting, and ``end()`` was already called
+OPEN           ``open``      both directions open
+READ_ONLY      ``readOnly``  this side called ``end()``; still reading
+WRITE_ONLY     ``writeOnly`` the peer ended; still writable
+ENDED          ``closed``    both sides ended; flushing, then ``'close'``
+DESTROYED      ``closed``    destroyed or failed; ``'close'`` is pending
+============== ============= ==============================================
+
+Every legal move is in :data:`TRANSITIONS`; everything else asks this module.
+This module imports no Trio.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ._errors import StreamStateError
+
+__all__ = ["Input", "State", "StateMachine", "TRANSITIONS"]
+
+
+class State(enum.Enum):
+    CLOSED = "closed"
+    OPENING = "opening"
+    OPENING_ENDED = "opening"
+    OPEN = "open"
+    READ_ONLY = "readOnly"
+    WRITE_ONLY = "writeOnly"
+    ENDED = "closed"
+    DESTROYED = "closed"
+
+    # Several states share a public value; keep them distinct members.
+    def __new__(cls, public: str) -> State:
+        member = object.__new__(cls)
+        member._value_ = len(cls.__members__)
+        member.public = public  # type: ignore[attr-defined]  # set once, read via ready_state
+        return member
+
+    @property
+    def ready_state(self) -> str:
+        """The Node ``readyState`` string for this state."""
+        return self.public  # type: ignore[attr-defined, no-any-return]  # set in __new__
+
+
+class Input(enum.Enum):
+    CONNECT = "connect()"  # the user starts a connection
+    CONNECTED = "connected"  # the transport is up
+    END = "end()"  # this side ends its writable half
+    PEER_END = "peer end"  # the peer's FIN (or close_notify) arrived
+    DESTROY = "destroy()"  # destroy(), or a failure
+    CLOSED = "closed"  # teardown finished; 'close' is about to be emitted
+
+
+S, I = State, Input
+
+#: (state, input) -> next state. A pair that is not here is illegal.
+TRANSITIONS: dict[tuple[State, Input], State] = {
+    (S.CLOSED, I.CONNECT): S.OPENING,
+    (S.OPENING, I.CONNECTED): S.OPEN,
+    (S.OPENING, I.END): S.OPENING_ENDED,
+    (S.OPENING, I.DESTROY): S.DESTROYED,
+    (S.OPENING_ENDED, I.CONNECTED): S.READ_ONLY,
+    (S.OPENING_ENDED, I.DESTROY): S.DESTROYED,
+    (S.OPEN, I.END): S.READ_ONLY,
+    (S.OPEN, I.PEER_END): S.WRITE_ONLY,
+    (S.OPEN, I.DESTROY): S.DESTROYED,
+    (S.READ_ONLY, I.PEER_END): S.ENDED,
+    (S.READ_ONLY, I.DESTROY): S.DESTROYED,
+    (S.WRITE_ONLY, I.END): S.ENDED,
+    (S.WRITE_ONLY, I.DESTROY): S.DESTROYED,
+    (S.ENDED, I.DESTROY): S.DESTROYED,
+    (S.ENDED, I.CLOSED): S.CLOSED,
+    (S.DESTROYED, I.CLOSED): S.CLOSED,
+}
+
+#: States in which write() queues bytes.
+WRITABLE = frozenset({S.OPENING, S.OPEN, S.WRITE_ONLY})
+#: States in which a connection exists or is being made (a task is running).
+ACTIVE = frozenset(State) - {S.CLOSED}
+#: States in which this side has ended (or lost) its writable half.
+WRITE_ENDED = frozenset({S.OPENING_ENDED, S.READ_ONLY, S.ENDED, S.DESTROYED})
+
+
+class StateMachine:
+    """Holds one stream's state and applies inputs through :data:`TRANSITIONS`."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: State = S.CLOSED) -> None:
+        self.state = state
+
+    @property
+    def ready_state(self) -> str:
+        return self.state.ready_state
+
+    def can(self, event: Input) -> bool:
+        return (self.state, event) in TRANSITIONS
+
+    def apply(self, event: Input, call: str | None = None) -> State:
+        """Move on *event*; raise :class:`StreamStateError` naming *call* if illegal."""
+        try:
+            self.state = TRANSITIONS[self.state, event]
+        except KeyError:
+            what = call or event.value
+            raise StreamStateError(
+                f"{what} is not allowed: the stream is {self.describe()}"
+            ) from None
+        return self.state
+
+    def describe(self) -> str:
+        """The state for messages: ``'readOnly'``, or ``'closed' (closing)``."""
+        text = repr(self.state.ready_state)
+        if self.state in (S.ENDED, S.DESTROYED):
+            text += " (closing)"
+        return text

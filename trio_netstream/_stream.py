@@ -1,0 +1,980 @@
+"""The Stream: Node's ``net.Stream`` on Trio.
+
+How this works
+--------------
+
+The sync API (``write``, ``end``, ``destroy``, ``pause``, ``set_timeout``...)
+only changes state and wakes tasks; it never emits an event. Events come
+from the tasks of one *connection*, which all live inside the stream's
+nursery (the ``async with`` block of a client stream, or the server's
+nursery for a server-side stream):
+
+* the **lifecycle** task connects (or adopts an already connected transport),
+  emits ``'connect'``, then runs the **read loop** inline: receive, decode,
+  emit ``'data'``; at EOF it emits ``'end'``;
+* the **writer** task sends the write queue (coalescing small writes) and,
+  once this side has ended and the queue is empty, sends EOF;
+* the **timer** task exists only when ``set_timeout`` was used; it sleeps
+  until the idle deadline and emits ``'timeout'``.
+
+A connection's per-connection state lives in a :class:`_Conn`, replaced on
+``connect()``, so reconnecting the same object starts clean. The ready state
+lives in one :class:`~trio_netstream._state.StateMachine`.
+
+Failures: every transport call is wrapped so that a network failure becomes a
+:class:`~trio_netstream._errors.TransportError`, recorded on the connection
+(first one wins), which cancels the connection's I/O scope. The lifecycle
+then closes the transport and emits ``'error'`` (if there was one) and
+``'close'``. Exceptions raised by listeners are *not* network failures: they
+are handed to the stream's owner, which cancels its block and re-raises them
+(see :class:`_Owner`).
+
+Emission is ordered and never concurrent: if an async listener is being
+awaited, other tasks wait (``_emit_lock``) before emitting.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket as _stdlib_socket
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
+
+import attrs
+import trio
+
+from ._block import Block
+from ._emitter import EventEmitter
+from ._encoding import Decoder, encode, get_decoder
+from ._errors import StreamStateError, TransportError, transport_errors, translate
+from ._options import StreamOptions, check_number, check_port, check_timeout_ms, is_path
+from ._state import WRITABLE, Input, State, StateMachine
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+__all__ = ["Stream"]
+
+logger = logging.getLogger("trio_netstream")
+
+#: Bytes asked of the transport per read (at or below glibc's mmap threshold).
+READ_SIZE = 64 * 1024
+#: Queued chunks are joined into sends of at most this size.
+COALESCE_LIMIT = 256 * 1024
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+DataListener = Callable[[Any], object]
+NoArgListener = Callable[[], object]
+ErrorListener = Callable[[BaseException], object]
+CloseListener = Callable[[bool], object]
+
+
+class _Owner(Protocol):
+    """Who a stream reports to: its own ``async with`` block, or its server."""
+
+    def listener_failed(self, exc: BaseException) -> None:
+        """A listener raised: cancel the owner's block and re-raise *exc* from it."""
+
+    def unhandled_error(self, stream: Stream, exc: BaseException) -> None:
+        """An ``'error'`` nobody listened to."""
+
+
+@attrs.define(eq=False)
+class _Target:
+    """Where to connect: a TCP host and port, or a UNIX socket path."""
+
+    port: int | None = None
+    host: str = "127.0.0.1"
+    path: str | None = None
+
+
+@attrs.define(eq=False, slots=True)
+class _Conn:
+    """State of one connection attempt; a reconnect gets a fresh one."""
+
+    target: _Target | None
+    transport: trio.abc.Stream | None = None
+    io_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    queue: list[bytes] = attrs.Factory(list)
+    queued: int = 0
+    need_drain: bool = False
+    error: BaseException | None = None
+    destroyed: bool = False
+    wrote_eof: bool = False
+    writer_lot: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
+    flushed_lot: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
+    writer_done: trio.Event = attrs.Factory(trio.Event)
+    closed: trio.Event = attrs.Factory(trio.Event)
+    io_nursery: trio.Nursery | None = None
+    timer_running: bool = False
+    peer: tuple[str | None, int | None, str | None] = (None, None, None)
+    local: tuple[str | None, int | None] = (None, None)
+
+
+def _check_chunk(data: object, encoding: object) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return encode(data, "utf8" if encoding is None else encoding)  # type: ignore[arg-type]  # normalize() checks it
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(
+        f"data must be bytes, bytearray, memoryview or str, not {type(data).__name__}"
+    )
+
+
+class Stream(EventEmitter):
+    """A TCP or UNIX-socket stream with Node's ``net.Stream`` events.
+
+    Create one with :func:`~trio_netstream.create_connection`,
+    ``Stream(**options)`` followed by :meth:`connect`, or :meth:`wrap`; run
+    it with ``async with``. See the module docstring for the task layout.
+
+    Args:
+        allow_half_open: keep the writable side open after the peer's
+            ``'end'`` (default ``True``, as in the seed). ``False`` calls
+            :meth:`end` automatically after ``'end'``.
+        no_delay: disable Nagle's algorithm (default ``False``, as Node).
+        keep_alive: enable TCP keep-alive.
+        keep_alive_initial_delay: keep-alive idle time, in milliseconds.
+        high_water_mark: queued bytes at which :meth:`write` returns ``False``.
+
+    Raises:
+        TypeError, ValueError: an option has the wrong type or value.
+    """
+
+    __slots__ = (
+        "_bytes_read",
+        "_bytes_written",
+        "_conn",
+        "_decoder",
+        "_emit_lock",
+        "_encoding",
+        "_feed",
+        "_carry",
+        "_last_activity",
+        "_nursery",
+        "_block",
+        "_options",
+        "_owner",
+        "_paused",
+        "_resume_lot",
+        "_sm",
+        "_start_pending",
+        "_timeout",
+        "_timer_lot",
+        "_server_side",
+    )
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self._options = StreamOptions(**options)
+        self._sm = StateMachine()
+        self._conn: _Conn | None = None
+        self._owner: _Owner = self
+        self._nursery: trio.Nursery | None = None
+        self._block = Block()
+        self._start_pending = False
+        self._decoder: Decoder | None = None
+        self._encoding: str | None = None
+        self._paused = False
+        self._resume_lot = trio.lowlevel.ParkingLot()
+        self._timeout = 0.0
+        self._timer_lot: trio.lowlevel.ParkingLot | None = None
+        self._last_activity = 0.0
+        self._bytes_read = 0
+        self._bytes_written = 0
+        self._emit_lock: trio.Lock | None = None
+        self._feed: _Feed | None = None
+        self._carry = b""
+        self._server_side = False
+
+    @classmethod
+    def wrap(cls, transport: trio.abc.Stream, **options: Any) -> Stream:
+        """Adopt an already connected Trio stream (a ``SocketStream``, an
+        ``SSLStream``, one end of ``trio.testing.memory_stream_pair()``...).
+
+        The new stream is ``"open"`` at once and emits ``'connect'`` when its
+        ``async with`` starts. :meth:`end` uses ``send_eof()`` when the
+        transport is a ``trio.abc.HalfCloseableStream``; otherwise it flushes
+        and closes the transport.
+        """
+        if not isinstance(transport, trio.abc.Stream):
+            raise TypeError(f"wrap() needs a trio.abc.Stream, not {type(transport).__name__}")
+        stream = cls(**options)
+        stream._adopt(transport)
+        return stream
+
+    @classmethod
+    def _for_server(cls, transport: trio.abc.Stream, options: StreamOptions, owner: _Owner) -> Stream:
+        """A server-side stream: *owner* (the server) runs it and gets its failures."""
+        stream = cls()
+        stream._options = options
+        stream._owner = owner
+        stream._server_side = True
+        stream._adopt(transport)
+        stream._start_pending = False
+        return stream
+
+    async def _run_server_side(self) -> None:
+        assert self._conn is not None
+        await self._lifecycle(self._conn)
+
+    def _adopt(self, transport: trio.abc.Stream) -> None:
+        conn = _Conn(target=None, transport=transport)
+        self._conn = conn
+        self._sm.state = State.OPEN
+        self._note_addresses(conn)
+        self._apply_socket_options()
+        self._start_pending = True
+
+    # -- structured lifecycle --------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._server_side:
+            raise StreamStateError("a server-side stream runs in its server's block")
+        self._nursery = await self._block.enter("stream")
+        if self._start_pending:
+            self._spawn()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            return await self._block.exit(exc, self._wait_fully_closed, self.destroy)
+        finally:
+            self._nursery = None
+
+    async def _wait_fully_closed(self) -> None:
+        while self._conn is not None and not self._conn.closed.is_set():
+            await self._conn.closed.wait()
+        await trio.lowlevel.checkpoint()
+
+    # _Owner, for a stream that runs in its own block.
+    def listener_failed(self, exc: BaseException) -> None:
+        self.destroy()
+        self._block.fail(exc)
+
+    def unhandled_error(self, stream: Stream, exc: BaseException) -> None:
+        self._block.fail(exc)
+
+    def _spawn(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._start_pending = False
+        if self._nursery is None:
+            raise StreamStateError("the stream is not running")
+        self._nursery.start_soon(self._lifecycle, conn)
+
+    # -- the connection's tasks ------------------------------------------
+
+    async def _lifecycle(self, conn: _Conn) -> None:
+        """Run one connection from connect (or adoption) to ``'close'``."""
+        try:
+            with conn.io_scope:
+                async with trio.open_nursery() as io:
+                    conn.io_nursery = io
+                    self._last_activity = trio.current_time()
+                    if self._timeout:
+                        self._start_timer(conn)
+                    try:
+                        await self._run_connection(conn)
+                    except TransportError as failure:
+                        self._fail(conn, failure.error)
+                    except Exception as exc:  # a listener raised
+                        self._owner.listener_failed(exc)
+                    io.cancel_scope.cancel()  # the timer, if any
+        finally:
+            conn.io_nursery = None
+            await self._teardown(conn)
+
+    async def _run_connection(self, conn: _Conn) -> None:
+        if conn.transport is None:
+            assert conn.target is not None
+            conn.transport = await self._open(conn.target)
+            self._note_addresses(conn)
+            self._apply_socket_options()
+            connected = True
+        else:
+            connected = False  # adopted: already "open"
+        if connected:
+            self._sm.apply(Input.CONNECTED)
+        assert conn.io_nursery is not None
+        conn.io_nursery.start_soon(self._guarded, self._write_loop, conn)
+        await self._emit("connect")
+        await self._read_loop(conn)
+        await conn.writer_done.wait()
+
+    async def _guarded(self, fn: Callable[[_Conn], Any], conn: _Conn) -> None:
+        try:
+            await fn(conn)
+        except TransportError as failure:
+            self._fail(conn, failure.error)
+        except Exception as exc:  # a listener raised
+            self._owner.listener_failed(exc)
+
+    async def _open(self, target: _Target) -> trio.SocketStream:
+        if target.path is not None:
+            candidates = [(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM, 0, target.path)]
+        else:
+            with transport_errors():
+                infos = await trio.socket.getaddrinfo(
+                    target.host, target.port, type=_stdlib_socket.SOCK_STREAM
+                )
+            candidates = [(family, kind, proto, addr) for family, kind, proto, _, addr in infos]
+        last_error: BaseException | None = None
+        for family, kind, proto, address in candidates:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                with transport_errors():
+                    await sock.connect(address)
+            except TransportError as failure:
+                sock.close()
+                last_error = failure
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return trio.SocketStream(sock)
+        assert last_error is not None
+        raise last_error
+
+    async def _read_loop(self, conn: _Conn) -> None:
+        transport = conn.transport
+        assert transport is not None
+        receive = transport.receive_some
+        while True:
+            if self._paused:
+                await self._wait_resumed()
+            try:
+                data = await receive(READ_SIZE)
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise TransportError(translate(exc)) from None
+            except trio.ClosedResourceError as exc:
+                if conn.wrote_eof:  # we closed a transport without send_eof() after end()
+                    return
+                raise TransportError(translate(exc)) from None
+            if not data:
+                break
+            self._bytes_read += len(data)
+            if self._timeout:
+                self._last_activity = trio.current_time()
+            if self._paused:
+                await self._wait_resumed()
+            await self._deliver(data)
+        if self._carry:
+            await self._deliver(b"")
+        if self._decoder is not None:
+            tail = self._decoder.flush()
+            if tail:
+                await self._deliver_decoded(tail)
+        self._sm.apply(Input.PEER_END)
+        if self._feed is not None:
+            self._feed.finish(None)
+        await self._emit("end")
+        if not self._options.allow_half_open and self._sm.state is State.WRITE_ONLY:
+            self.end()
+
+    async def _deliver(self, data: bytes) -> None:
+        if self._carry:
+            data, self._carry = self._carry + data, b""
+        if self._decoder is not None:
+            text = self._decoder.decode(data)
+            if text:
+                await self._deliver_decoded(text)
+            return
+        await self._deliver_decoded(data)
+
+    async def _deliver_decoded(self, chunk: bytes | str) -> None:
+        if "data" in self._events:
+            await self._emit("data", chunk)
+        feed = self._feed
+        if feed is not None and not feed.finished and not await feed.put(chunk):
+            self._feed = None
+
+    async def _wait_resumed(self) -> None:
+        while self._paused:
+            await self._resume_lot.park()
+
+    async def _write_loop(self, conn: _Conn) -> None:
+        transport = conn.transport
+        assert transport is not None
+        send_all = transport.send_all
+        try:
+            while True:
+                queue = conn.queue
+                if queue:
+                    data = self._take(conn)
+                    with transport_errors(sending=True):
+                        await send_all(data)
+                    conn.queued -= len(data)
+                    if self._timeout:
+                        self._last_activity = trio.current_time()
+                    if not conn.queue:
+                        conn.flushed_lot.unpark_all()
+                        if conn.need_drain:
+                            conn.need_drain = False
+                            await self._emit("drain")
+                    continue
+                if self._sm.state in (State.READ_ONLY, State.ENDED):
+                    conn.wrote_eof = True
+                    with transport_errors(sending=True):
+                        if isinstance(transport, trio.abc.HalfCloseableStream):
+                            await transport.send_eof()
+                        else:
+                            await transport.aclose()
+                    return
+                await conn.writer_lot.park()
+        finally:
+            conn.writer_done.set()
+
+    @staticmethod
+    def _take(conn: _Conn) -> bytes:
+        queue = conn.queue
+        if len(queue) == 1:
+            conn.queue = []
+            return queue[0]
+        size = 0
+        count = 0
+        for chunk in queue:
+            if count and size + len(chunk) > COALESCE_LIMIT:
+                break
+            size += len(chunk)
+            count += 1
+        if count == len(queue):
+            conn.queue = []
+        else:
+            conn.queue = queue[count:]
+        return b"".join(queue[:count]) if count > 1 else queue[0]
+
+    def _start_timer(self, conn: _Conn) -> None:
+        if conn.io_nursery is not None and not conn.timer_running:
+            conn.timer_running = True
+            conn.io_nursery.start_soon(self._guarded, self._timer_loop, conn)
+
+    async def _timer_loop(self, conn: _Conn) -> None:
+        fired_for: float | None = None
+        while True:
+            period = self._timeout
+            if not period:
+                if self._timer_lot is None:
+                    self._timer_lot = trio.lowlevel.ParkingLot()
+                await self._timer_lot.park()
+                continue
+            last = self._last_activity
+            deadline = last + period
+            if trio.current_time() < deadline:
+                await trio.sleep_until(deadline)
+                continue
+            if last != fired_for:
+                fired_for = last
+                await self._emit("timeout")
+            # One 'timeout' per idle period: look again one period later.
+            await trio.sleep(period)
+
+    async def _teardown(self, conn: _Conn) -> None:
+        """Close the transport, then emit ``'error'`` (if any) and ``'close'``."""
+        if self._sm.state not in (State.ENDED, State.DESTROYED):
+            self._sm.apply(Input.DESTROY)
+        conn.queue.clear()
+        conn.queued = 0
+        conn.flushed_lot.unpark_all()
+        transport, conn.transport = conn.transport, None
+        if transport is not None:
+            await trio.aclose_forcefully(transport)
+        error = conn.error
+        unhandled = False
+        if error is not None:
+            handled_by_iterator = self._feed is not None and self._feed.finish(error)
+            if self.listener_count("error"):
+                await self._emit("error", error)
+            elif not handled_by_iterator:
+                unhandled = True
+        elif self._feed is not None:
+            self._feed.finish(None)
+        self._sm.apply(Input.CLOSED)
+        try:
+            await self._emit("close", error is not None)
+        finally:
+            conn.closed.set()
+            if unhandled:
+                assert error is not None
+                self._owner.unhandled_error(self, error)
+
+    def _fail(self, conn: _Conn, error: BaseException) -> None:
+        """Record a network failure (the first one wins) and stop the I/O."""
+        if conn.error is None and not conn.destroyed:
+            conn.error = error
+            if self._sm.state is not State.DESTROYED:
+                self._sm.apply(Input.DESTROY)
+        conn.io_scope.cancel()
+
+    async def _emit(self, event: str, *args: object) -> None:
+        lock = self._emit_lock
+        if lock is not None and lock.locked():
+            async with lock:
+                pending = self.emit(event, *args)
+                if pending is not None:
+                    await pending
+            return
+        pending = self.emit(event, *args)
+        if pending is not None:
+            if lock is None:
+                lock = self._emit_lock = trio.Lock()
+            lock.acquire_nowait()
+            try:
+                await pending
+            finally:
+                lock.release()
+
+    # -- connecting --------------------------------------------------------
+
+    @overload
+    def connect(self, port: int, host: str = ...) -> Self: ...
+    @overload
+    def connect(self, port: str | os.PathLike[str]) -> Self: ...
+    def connect(self, port: int | str | os.PathLike[str], host: str = "127.0.0.1") -> Self:
+        """Start connecting to *port* on *host* (TCP) or to a UNIX socket path.
+
+        Legal when the stream is ``"closed"``, including after an earlier
+        connection closed (reconnecting keeps listeners and encoding;
+        ``bytes_read`` / ``bytes_written`` start again from 0). The result
+        arrives as ``'connect'`` or as ``'error'`` then ``'close'(True)``.
+        Outside a running ``async with`` the attempt starts when the block
+        starts. Returns the stream.
+
+        Raises:
+            TypeError, ValueError: bad port, host or path.
+            StreamStateError: the stream is not ``"closed"`` (or still closing).
+        """
+        if is_path(port):
+            target = _Target(path=os.fspath(port))  # type: ignore[arg-type]  # is_path checked it
+            if not target.path:
+                raise ValueError("the UNIX socket path is empty")
+        else:
+            if not isinstance(host, str):
+                raise TypeError(f"host must be a str, not {type(host).__name__}")
+            target = _Target(port=check_port(port, allow_zero=False), host=host or "127.0.0.1")
+        self._sm.apply(Input.CONNECT, "connect()")
+        self._conn = _Conn(target=target)
+        self._bytes_read = 0
+        self._bytes_written = 0
+        if self._nursery is not None:
+            self._spawn()
+        else:
+            self._start_pending = True
+        return self
+
+    # -- writing -------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview | str, encoding: str = "utf8") -> bool:
+        """Queue *data* for sending; ``str`` is encoded with *encoding*.
+
+        Returns ``False`` while connecting, or when the queued-but-unsent bytes
+        reach ``high_water_mark``; ``'drain'`` follows once the queue is empty.
+        Causes no event itself.
+
+        Raises:
+            TypeError: *data* is not bytes-like or str.
+            ValueError: unknown encoding, or text the encoding cannot hold.
+            StreamStateError: after ``end()`` or ``destroy()``, or before ``connect()``.
+        """
+        chunk = _check_chunk(data, encoding)
+        state = self._sm.state
+        if state not in WRITABLE:
+            raise StreamStateError(f"write() is not allowed: the stream is {self._sm.describe()}")
+        conn = self._conn
+        assert conn is not None
+        self._bytes_written += len(chunk)
+        if chunk:
+            conn.queue.append(chunk)
+            conn.queued += len(chunk)
+            conn.writer_lot.unpark()
+        if state is State.OPENING or conn.queued >= self._options.high_water_mark and conn.queued:
+            conn.need_drain = True
+            return False
+        return True
+
+    def end(self, data: bytes | bytearray | memoryview | str | None = None, encoding: str = "utf8") -> None:
+        """Write *data* (if given), flush everything queued, then send FIN.
+
+        ``ready_state`` becomes ``"readOnly"`` (or ``"closed"`` if the peer had
+        already ended) as the call returns; reading goes on until the peer
+        ends. A second ``end()`` without data does nothing.
+
+        Raises:
+            TypeError, ValueError: as :meth:`write`.
+            StreamStateError: *data* given after the stream ended.
+        """
+        if data is not None:
+            self.write(data, encoding)
+        if self._sm.can(Input.END):
+            self._sm.apply(Input.END)
+            assert self._conn is not None
+            self._conn.writer_lot.unpark()
+
+    def destroy(self, error: BaseException | None = None) -> None:
+        """Close now, dropping queued writes; ``'close'`` follows (``'error'``
+        first if *error* is given). Idempotent; does nothing on a stream with
+        no connection. Cancels a connection attempt in progress.
+
+        Raises:
+            TypeError: *error* is not an exception.
+        """
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError(f"error must be an exception, not {type(error).__name__}")
+        conn = self._conn
+        if conn is None or not self._sm.can(Input.DESTROY):
+            return
+        self._sm.apply(Input.DESTROY)
+        if error is not None and conn.error is None:
+            conn.error = error
+        conn.destroyed = error is None
+        conn.queue.clear()
+        conn.queued = 0
+        conn.need_drain = False
+        conn.io_scope.cancel()
+        conn.flushed_lot.unpark_all()
+
+    # -- reading ---------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop ``'data'``: the socket is not read until :meth:`resume`."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Restart ``'data'`` after :meth:`pause`."""
+        self._paused = False
+        self._resume_lot.unpark_all()
+
+    @property
+    def is_paused(self) -> bool:
+        return self._paused
+
+    def set_encoding(self, encoding: str | None = None) -> None:
+        """Deliver ``'data'`` as ``str`` decoded with *encoding* (``None``: bytes).
+
+        Raises:
+            TypeError: *encoding* is not a str or None.
+            ValueError: unknown encoding.
+        """
+        new = None if encoding is None else get_decoder(encoding)
+        held = b"" if self._decoder is None else self._decoder.pending()
+        self._decoder = new
+        self._encoding = encoding
+        # Bytes the old decoder held (a split character) go first into the new one.
+        self._carry = held + self._carry
+
+    # -- timers and socket options ------------------------------------------------
+
+    def set_timeout(self, ms: float, callback: NoArgListener | None = None) -> None:
+        """Emit ``'timeout'`` after *ms* milliseconds without reading or writing.
+
+        ``0`` disables it. The stream is not closed by a timeout. *callback*
+        is added as a ``once('timeout')`` listener. Starts a new idle period.
+
+        Raises:
+            TypeError: *ms* is not a number, or *callback* is not callable.
+            ValueError: *ms* is negative, infinite or NaN.
+        """
+        period = check_timeout_ms(ms) / 1000
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        self._timeout = period
+        if callback is not None:
+            self.once("timeout", callback)
+        conn = self._conn
+        if conn is not None and conn.io_nursery is not None:
+            self._last_activity = trio.current_time()
+            if period:
+                self._start_timer(conn)
+            if self._timer_lot is not None:
+                self._timer_lot.unpark_all()
+
+    @property
+    def timeout(self) -> float:
+        """The idle timeout in milliseconds (``0``: none)."""
+        return self._timeout * 1000
+
+    def set_no_delay(self, no_delay: bool = True) -> None:
+        """Disable (``True``) or enable Nagle's algorithm, now or on connect."""
+        if not isinstance(no_delay, bool):
+            raise TypeError(f"no_delay must be a bool, not {type(no_delay).__name__}")
+        self._options = attrs.evolve(self._options, no_delay=no_delay)
+        self._apply_socket_options()
+
+    def set_keep_alive(self, enable: bool = False, initial_delay: float = 0) -> None:
+        """Enable TCP keep-alive with *initial_delay* ms of idle time, now or on connect."""
+        if not isinstance(enable, bool):
+            raise TypeError(f"enable must be a bool, not {type(enable).__name__}")
+        check_number("initial_delay", initial_delay)
+        self._options = attrs.evolve(
+            self._options, keep_alive=enable, keep_alive_initial_delay=initial_delay
+        )
+        self._apply_socket_options()
+
+    def _apply_socket_options(self) -> None:
+        sock = self.socket
+        if sock is None or sock.family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+            return
+        options = self._options
+        try:
+            sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, options.no_delay)
+            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, options.keep_alive)
+            if options.keep_alive and options.keep_alive_initial_delay > 0 and hasattr(
+                _stdlib_socket, "TCP_KEEPIDLE"
+            ):
+                seconds = max(1, math.ceil(options.keep_alive_initial_delay / 1000))
+                sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_KEEPIDLE, seconds)
+        except OSError:  # the socket is already closed; the option applies on connect
+            pass
+
+    # -- properties -------------------------------------------------------------
+
+    @property
+    def ready_state(self) -> str:
+        """``"closed"``, ``"opening"``, ``"open"``, ``"readOnly"`` or ``"writeOnly"``."""
+        return self._sm.ready_state
+
+    @property
+    def socket(self) -> trio.socket.SocketType | None:
+        """The underlying Trio socket while connected, else ``None``."""
+        conn = self._conn
+        transport = None if conn is None else conn.transport
+        return getattr(transport, "socket", None)
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes received on the current (or last) connection."""
+        return self._bytes_read
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes given to ``write()`` / ``end()`` on this connection, counted at the call."""
+        return self._bytes_written
+
+    @property
+    def remote_address(self) -> str | None:
+        return None if self._conn is None else self._conn.peer[0]
+
+    @property
+    def remote_port(self) -> int | None:
+        return None if self._conn is None else self._conn.peer[1]
+
+    @property
+    def remote_family(self) -> str | None:
+        return None if self._conn is None else self._conn.peer[2]
+
+    @property
+    def local_address(self) -> str | None:
+        return None if self._conn is None else self._conn.local[0]
+
+    @property
+    def local_port(self) -> int | None:
+        return None if self._conn is None else self._conn.local[1]
+
+    @property
+    def encoding(self) -> str | None:
+        """The encoding given to :meth:`set_encoding`, or ``None``."""
+        return self._encoding
+
+    @property
+    def allow_half_open(self) -> bool:
+        return self._options.allow_half_open
+
+    @property
+    def high_water_mark(self) -> int:
+        return self._options.high_water_mark
+
+    @property
+    def write_queue_size(self) -> int:
+        """Bytes queued and not yet sent (Node's ``writableLength``)."""
+        return 0 if self._conn is None else self._conn.queued
+
+    def _note_addresses(self, conn: _Conn) -> None:
+        sock = getattr(conn.transport, "socket", None)
+        if sock is None or sock.family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+            return
+        family = "IPv6" if sock.family == _stdlib_socket.AF_INET6 else "IPv4"
+        try:
+            peer = sock.getpeername()
+            local = sock.getsockname()
+        except OSError:
+            return
+        conn.peer = (peer[0], peer[1], family)
+        conn.local = (local[0], local[1])
+
+    # -- Trio-native extras -----------------------------------------------------
+
+    async def drain(self) -> None:
+        """Wait until every queued byte has been handed to the kernel.
+
+        Returns at once (after a checkpoint) when nothing is queued.
+
+        Raises:
+            OSError: the stream failed before the queue emptied (its error).
+            StreamStateError: the stream was destroyed before the queue emptied.
+        """
+        await trio.lowlevel.checkpoint()
+        while True:
+            conn = self._conn
+            if conn is None:
+                return
+            if conn.error is not None:
+                raise conn.error
+            if conn.destroyed:
+                raise StreamStateError("drain(): the stream was destroyed")
+            if conn.queued == 0 and self._sm.state not in (State.OPENING, State.OPENING_ENDED):
+                return
+            await conn.flushed_lot.park()
+
+    async def wait_closed(self) -> None:
+        """Wait until the current connection has emitted ``'close'``."""
+        await self._wait_fully_closed()
+
+    def __aiter__(self) -> AsyncIterator[bytes | str]:
+        """Iterate over received chunks (the same ones ``'data'`` gets).
+
+        Ends at ``'end'``; raises the stream's error (which then counts as
+        handled). Reads only as fast as the loop consumes.
+        """
+        if self._feed is not None and not self._feed.finished:
+            raise StreamStateError("the stream is already being iterated")
+        send, receive = trio.open_memory_channel[Any](0)
+        feed = _Feed(send)
+        if self._sm.state in (State.CLOSED, State.WRITE_ONLY, State.ENDED, State.DESTROYED):
+            feed.finish(None)  # nothing more will be read on this connection
+        self._feed = feed
+        return _ChunkIterator(feed, receive)
+
+    # -- typed registration ----------------------------------------------------
+
+    if TYPE_CHECKING:
+
+        @overload  # type: ignore[override]  # narrower, typed per event
+        def on(self, event: Literal["data"], listener: DataListener) -> Self: ...
+        @overload
+        def on(
+            self, event: Literal["connect", "end", "drain", "timeout", "secure"], listener: NoArgListener
+        ) -> Self: ...
+        @overload
+        def on(self, event: Literal["error"], listener: ErrorListener) -> Self: ...
+        @overload
+        def on(self, event: Literal["close"], listener: CloseListener) -> Self: ...
+        @overload
+        def on(self, event: str) -> Callable[[_F], _F]: ...
+        def on(self, event: str, listener: Any = None) -> Any: ...
+
+        @overload  # type: ignore[override]  # narrower, typed per event
+        def once(self, event: Literal["data"], listener: DataListener) -> Self: ...
+        @overload
+        def once(
+            self, event: Literal["connect", "end", "drain", "timeout", "secure"], listener: NoArgListener
+        ) -> Self: ...
+        @overload
+        def once(self, event: Literal["error"], listener: ErrorListener) -> Self: ...
+        @overload
+        def once(self, event: Literal["close"], listener: CloseListener) -> Self: ...
+        @overload
+        def once(self, event: str) -> Callable[[_F], _F]: ...
+        def once(self, event: str, listener: Any = None) -> Any: ...
+
+    def __repr__(self) -> str:
+        where = ""
+        conn = self._conn
+        if conn is not None and conn.peer[0] is not None:
+            where = f" {conn.peer[0]}:{conn.peer[1]}"
+        elif conn is not None and conn.target is not None and conn.target.path:
+            where = f" {conn.target.path}"
+        return f"<trio_netstream.Stream {self.ready_state}{where}>"
+
+    # -- Node names --------------------------------------------------------------
+
+    readyState = ready_state
+    remoteAddress = remote_address
+    remotePort = remote_port
+    remoteFamily = remote_family
+    localAddress = local_address
+    localPort = local_port
+    bytesRead = bytes_read
+    bytesWritten = bytes_written
+    setEncoding = set_encoding
+    setTimeout = set_timeout
+    setNoDelay = set_no_delay
+    setKeepAlive = set_keep_alive
+    addListener = EventEmitter.on
+    removeListener = EventEmitter.off
+    remove_listener = EventEmitter.off
+    removeAllListeners = EventEmitter.remove_all_listeners
+    listenerCount = EventEmitter.listener_count
+    writableLength = write_queue_size
+    isPaused = is_paused
+
+
+class _Feed:
+    """The reader's side of ``async for``: a zero-capacity hand-off.
+
+    The stream holds the feed, never the iterator, so leaving the loop
+    (``break``) drops the iterator, which closes its end and releases the
+    reader.
+    """
+
+    __slots__ = ("error", "finished", "send")
+
+    def __init__(self, send: trio.MemorySendChannel[Any]) -> None:
+        self.send = send
+        self.error: BaseException | None = None
+        self.finished = False
+
+    async def put(self, chunk: bytes | str) -> bool:
+        """Hand *chunk* to the consumer; ``False`` if the consumer is gone."""
+        try:
+            await self.send.send(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.finished = True
+            return False
+        return True
+
+    def finish(self, error: BaseException | None) -> bool:
+        """End the iteration (raising *error* there); ``False`` if already ended."""
+        if self.finished:
+            return False
+        self.finished = True
+        self.error = error
+        self.send.close()
+        return True
+
+
+class _ChunkIterator:
+    """``async for chunk in stream``."""
+
+    __slots__ = ("_feed", "_receive")
+
+    def __init__(self, feed: _Feed, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        self._feed = feed
+        self._receive = receive
+
+    def __aiter__(self) -> _ChunkIterator:
+        return self
+
+    async def __anext__(self) -> bytes | str:
+        try:
+            return await self._receive.receive()  # type: ignore[no-any-return]  # chunks only
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            pass
+        error, self._feed.error = self._feed.error, None
+        if error is not None:
+            raise error
+        raise StopAsyncIteration
+
+    def __del__(self) -> None:
+        # Leaving ``async for`` drops the iterator: release the reader.
+        self._receive.close()
