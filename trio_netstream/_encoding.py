@@ -19,8 +19,8 @@ aliases of the same codecs (``utf-8``, ``latin-1``, ``iso-8859-1``,
 from __future__ import annotations
 
 import base64
-import binascii
 import codecs
+import re
 from typing import Protocol
 
 __all__ = ["Decoder", "encode", "get_decoder", "normalize"]
@@ -47,6 +47,8 @@ _PYTHON_NAMES = {
     "latin-1": "latin1",
     "utf-16-le": "utf16le",
 }
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/_-]")
+_URL_TO_STANDARD = str.maketrans("-_", "+/")
 _SUPPORTED = "utf8, ascii, base64, base64url, hex, latin1 (binary), utf16le (ucs2)"
 
 
@@ -174,7 +176,7 @@ def encode(data: str, encoding: str) -> bytes:
     Raises:
         ValueError: unknown encoding, a string the encoding cannot represent
             (``"ascii"`` / ``"latin1"`` with characters beyond their range), or
-            invalid base64 / hex text.
+            invalid hex text. base64 is decoded as leniently as Node does.
     """
     kind = normalize(encoding)
     if kind == "utf8":
@@ -195,10 +197,9 @@ def encode(data: str, encoding: str) -> bytes:
             return bytes.fromhex(data)
         except ValueError as exc:
             raise ValueError(f"invalid hex string for write(): {exc}") from None
-    try:
-        if kind == "base64url":
-            text = data.strip()
-            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        return base64.b64decode(data, validate=False)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"invalid {kind} string for write(): {exc}") from None
+    # base64 and base64url, decoded as leniently as Node: either alphabet,
+    # padding optional, whitespace and other characters skipped.
+    text = _NOT_BASE64.sub("", data.split("=", 1)[0]).translate(_URL_TO_STANDARD)
+    if len(text) % 4 == 1:
+        text = text[:-1]  # a lone trailing character carries no whole byte
+    return base64.b64decode(text + "=" * (-len(text) % 4))

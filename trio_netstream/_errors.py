@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno as _errno
 import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,8 +41,34 @@ _GAI_NAMES = {
 }
 
 
+# OpenSSL's X509_V_ERR_* names (Node reports them without the prefix).
+_X509_CODES = {
+    2: "UNABLE_TO_GET_ISSUER_CERT",
+    7: "CERT_SIGNATURE_FAILURE",
+    9: "CERT_NOT_YET_VALID",
+    10: "CERT_HAS_EXPIRED",
+    18: "DEPTH_ZERO_SELF_SIGNED_CERT",
+    19: "SELF_SIGNED_CERT_IN_CHAIN",
+    20: "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+    21: "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+    23: "CERT_REVOKED",
+    24: "INVALID_CA",
+    26: "INVALID_PURPOSE",
+    62: "ERR_TLS_CERT_ALTNAME_INVALID",  # hostname mismatch: Node's own code
+}
+
+
+def _ssl_code(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _X509_CODES.get(exc.verify_code, "ERR_TLS_CERT_VERIFICATION")
+    reason = getattr(exc, "reason", None)
+    return f"ERR_SSL_{reason}" if reason else "ERR_SSL"
+
+
 def node_code(exc: BaseException) -> str | None:
     """The Node.js error code for *exc* (``"ECONNRESET"``), or ``None``."""
+    if isinstance(exc, ssl.SSLError):
+        return _ssl_code(exc)
     if isinstance(exc, socket.gaierror):
         if exc.errno in _GAI_NOT_FOUND:
             return "ENOTFOUND"

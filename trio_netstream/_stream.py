@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import socket as _stdlib_socket
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
@@ -110,6 +111,8 @@ class _Conn:
     writer_done: trio.Event = attrs.Factory(trio.Event)
     closed: trio.Event = attrs.Factory(trio.Event)
     io_nursery: trio.Nursery | None = None
+    read_scope: trio.CancelScope | None = None
+    in_receive: bool = False
     timer_running: bool = False
     peer: tuple[str | None, int | None, str | None] = (None, None, None)
     local: tuple[str | None, int | None] = (None, None)
@@ -155,6 +158,8 @@ class Stream(EventEmitter):
         "_emit_lock",
         "_encoding",
         "_feed",
+        "_unconsumed",
+        "_unconsumed_size",
         "_carry",
         "_last_activity",
         "_nursery",
@@ -190,6 +195,8 @@ class Stream(EventEmitter):
         self._bytes_written = 0
         self._emit_lock: trio.Lock | None = None
         self._feed: _Feed | None = None
+        self._unconsumed: deque[bytes | str] = deque()
+        self._unconsumed_size = 0
         self._carry = b""
         self._server_side = False
 
@@ -348,28 +355,26 @@ class Stream(EventEmitter):
         raise last_error
 
     async def _read_loop(self, conn: _Conn) -> None:
-        transport = conn.transport
-        assert transport is not None
-        receive = transport.receive_some
+        """Read until EOF, emitting ``'data'``; then ``'end'``.
+
+        Reading happens in *sessions*, each under its own cancel scope, which
+        :meth:`_wake_reader` cancels only while the session is blocked in
+        ``receive_some`` (where Trio guarantees that a cancelled receive
+        consumed nothing). A chunk that was received just as the scope was
+        cancelled is delivered after the session, outside the scope.
+        """
         while True:
-            if self._paused:
+            with trio.CancelScope() as scope:
+                conn.read_scope = scope
+                eof, held = await self._read_session(conn, scope)
+            conn.read_scope = None
+            if scope.cancelled_caught:
+                continue
+            if held is not None:
                 await self._wait_resumed()
-            try:
-                data = await receive(READ_SIZE)
-            except (OSError, trio.BrokenResourceError) as exc:
-                raise TransportError(translate(exc)) from None
-            except trio.ClosedResourceError as exc:
-                if conn.wrote_eof:  # we closed a transport without send_eof() after end()
-                    return
-                raise TransportError(translate(exc)) from None
-            if not data:
+                await self._deliver(held)
+            if eof:
                 break
-            self._bytes_read += len(data)
-            if self._timeout:
-                self._last_activity = trio.current_time()
-            if self._paused:
-                await self._wait_resumed()
-            await self._deliver(data)
         if self._carry:
             await self._deliver(b"")
         if self._decoder is not None:
@@ -383,6 +388,59 @@ class Stream(EventEmitter):
         if not self._options.allow_half_open and self._sm.state is State.WRITE_ONLY:
             self.end()
 
+    async def _read_session(self, conn: _Conn, scope: trio.CancelScope) -> tuple[bool, bytes | None]:
+        """One read session: ``(eof, chunk to deliver outside the scope)``."""
+        transport = conn.transport
+        assert transport is not None
+        receive = transport.receive_some
+        limit = self._options.high_water_mark
+        while True:
+            if self._unconsumed and self._has_consumer():
+                await self._flush_unconsumed()
+            if self._paused or (
+                self._unconsumed and self._unconsumed_size >= limit and not self._has_consumer()
+            ):
+                await self._resume_lot.park()
+                continue
+            conn.in_receive = True
+            try:
+                data = await receive(READ_SIZE)
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise TransportError(translate(exc)) from None
+            except trio.ClosedResourceError as exc:
+                if conn.wrote_eof:  # we closed a transport without send_eof() after end()
+                    return True, None
+                raise TransportError(translate(exc)) from None
+            finally:
+                conn.in_receive = False
+            if not data:
+                return True, None
+            self._bytes_read += len(data)
+            if self._timeout:
+                self._last_activity = trio.current_time()
+            if scope.cancel_called:
+                return False, data
+            if self._paused:
+                await self._wait_resumed()
+            await self._deliver(data)
+
+    def _has_consumer(self) -> bool:
+        feed = self._feed
+        return "data" in self._events or (feed is not None and not feed.finished)
+
+    def _wake_reader(self) -> None:
+        """A consumer arrived, or the stream resumed: let the reader go on."""
+        self._resume_lot.unpark_all()
+        conn = self._conn
+        if conn is not None and conn.in_receive and self._unconsumed and conn.read_scope:
+            conn.read_scope.cancel()
+
+    async def _flush_unconsumed(self) -> None:
+        while self._unconsumed and self._has_consumer() and not self._paused:
+            chunk = self._unconsumed.popleft()
+            self._unconsumed_size -= len(chunk)
+            await self._deliver_to_consumers(chunk)
+
     async def _deliver(self, data: bytes) -> None:
         if self._carry:
             data, self._carry = self._carry + data, b""
@@ -394,6 +452,16 @@ class Stream(EventEmitter):
         await self._deliver_decoded(data)
 
     async def _deliver_decoded(self, chunk: bytes | str) -> None:
+        if self._unconsumed or not self._has_consumer():
+            # Nobody takes data yet: keep it (bounded by high_water_mark, see
+            # _read_session) for the first 'data' listener or ``async for``.
+            self._unconsumed.append(chunk)
+            self._unconsumed_size += len(chunk)
+            await self._flush_unconsumed()
+            return
+        await self._deliver_to_consumers(chunk)
+
+    async def _deliver_to_consumers(self, chunk: bytes | str) -> None:
         if "data" in self._events:
             await self._emit("data", chunk)
         feed = self._feed
@@ -565,6 +633,8 @@ class Stream(EventEmitter):
             target = _Target(port=check_port(port, allow_zero=False), host=host or "127.0.0.1")
         self._sm.apply(Input.CONNECT, "connect()")
         self._conn = _Conn(target=target)
+        self._unconsumed.clear()
+        self._unconsumed_size = 0
         self._bytes_read = 0
         self._bytes_written = 0
         if self._nursery is not None:
@@ -653,7 +723,7 @@ class Stream(EventEmitter):
     def resume(self) -> None:
         """Restart ``'data'`` after :meth:`pause`."""
         self._paused = False
-        self._resume_lot.unpark_all()
+        self._wake_reader()
 
     @property
     def is_paused(self) -> bool:
@@ -850,10 +920,22 @@ class Stream(EventEmitter):
             raise StreamStateError("the stream is already being iterated")
         send, receive = trio.open_memory_channel[Any](0)
         feed = _Feed(send)
-        if self._sm.state in (State.CLOSED, State.WRITE_ONLY, State.ENDED, State.DESTROYED):
-            feed.finish(None)  # nothing more will be read on this connection
+        reading_over = self._sm.state in (
+            State.CLOSED,
+            State.WRITE_ONLY,
+            State.ENDED,
+            State.DESTROYED,
+        )
+        if reading_over:
+            feed.finish(None)  # nothing more will be read: only what was kept
         self._feed = feed
-        return _ChunkIterator(feed, receive)
+        self._wake_reader()
+        return _ChunkIterator(feed, receive, self._unconsumed if reading_over else None)
+
+    def _add(self, event: str, listener: Callable[..., Any], once: bool) -> None:
+        super()._add(event, listener, once)
+        if event == "data":
+            self._wake_reader()
 
     # -- typed registration ----------------------------------------------------
 
@@ -956,16 +1038,25 @@ class _Feed:
 class _ChunkIterator:
     """``async for chunk in stream``."""
 
-    __slots__ = ("_feed", "_receive")
+    __slots__ = ("_feed", "_kept", "_receive")
 
-    def __init__(self, feed: _Feed, receive: trio.MemoryReceiveChannel[Any]) -> None:
+    def __init__(
+        self,
+        feed: _Feed,
+        receive: trio.MemoryReceiveChannel[Any],
+        kept: deque[bytes | str] | None,
+    ) -> None:
         self._feed = feed
         self._receive = receive
+        self._kept = kept  # after the end of reading: the chunks nobody took
 
     def __aiter__(self) -> _ChunkIterator:
         return self
 
     async def __anext__(self) -> bytes | str:
+        if self._kept:
+            await trio.lowlevel.checkpoint()
+            return self._kept.popleft()
         try:
             return await self._receive.receive()  # type: ignore[no-any-return]  # chunks only
         except (trio.EndOfChannel, trio.ClosedResourceError):
