@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -110,7 +111,9 @@ async def test_exception_in_body_destroys_and_reraises_same_object(record: Any) 
 
 
 @bounded
-async def test_outer_cancellation_destroys_and_scope_catches_it(record: Any, autojump_clock: Any) -> None:
+async def test_outer_cancellation_destroys_and_scope_catches_it(
+    record: Any, autojump_clock: Any
+) -> None:
     a, b = memory_stream_pair()
     stream = Stream.wrap(a)
     rec = record(stream)
@@ -160,7 +163,14 @@ async def test_close_listener_reconnecting_keeps_block_open(record: Any) -> None
             async with stream:
                 await wait_all_tasks_blocked()
                 stream.destroy()
-            assert rec.events == ["connect", ("close", False), "connect", "data", "end", ("close", False)]
+            assert rec.events == [
+                "connect",
+                ("close", False),
+                "connect",
+                "data",
+                "end",
+                ("close", False),
+            ]
         assert server_got == [b"hello"]
         assert rec.data == b"bye"
 
@@ -181,6 +191,7 @@ async def test_peer_writes_then_ends(record: Any) -> None:
         stream.end()
     assert rec.events == ["connect", "data", "end", ("close", False)]
     assert rec.data == b"hello"
+    assert {type(chunk) for chunk in rec.chunks} == {bytes}
 
 
 @bounded
@@ -343,7 +354,9 @@ async def test_slow_async_data_listener_applies_backpressure() -> None:
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 @bounded
-async def test_listener_exception_propagates_unwrapped_not_as_error_event(kind: str, record: Any) -> None:
+async def test_listener_exception_propagates_unwrapped_not_as_error_event(
+    kind: str, record: Any
+) -> None:
     a, b = memory_stream_pair()
     stream = Stream.wrap(a)
     rec = record(stream)
@@ -622,7 +635,7 @@ async def test_decoded_chunks_concatenate_to_encoding_of_whole(
         "latin1": payload.decode("latin-1"),
     }[encoding]
     bounds = sorted({0, len(payload), *(cut for cut in cuts if cut <= len(payload))})
-    pieces = [payload[start:stop] for start, stop in zip(bounds, bounds[1:])]
+    pieces = [payload[start:stop] for start, stop in itertools.pairwise(bounds)]
     a, b = memory_stream_pair()
     stream = Stream.wrap(a)
     stream.set_encoding(encoding)
@@ -647,15 +660,15 @@ async def test_decoded_chunks_concatenate_to_encoding_of_whole(
 @pytest.mark.parametrize(
     ("encoding", "sent", "before", "tail"),
     [
-        ("base64", b"a", "", "YQ=="),  # a base64 remainder, with its padding
-        ("base64", b"abcd", "YWJj", "ZA=="),
-        ("hex", b"ab", "6162", None),  # hex holds nothing back
-        ("utf8", b"ok\xe3\x81", "ok", "\ufffd"),  # a truncated UTF-8 tail
+        ("base64", b"a", [], "YQ=="),  # a base64 remainder, with its padding
+        ("base64", b"abcd", ["YWJj"], "ZA=="),
+        ("hex", b"ab", ["6162"], None),  # hex holds nothing back
+        ("utf8", b"ok\xe3\x81", ["ok"], "\ufffd"),  # a truncated UTF-8 tail
     ],
 )
 @bounded
 async def test_decoder_remainder_is_last_data_before_end(
-    encoding: str, sent: bytes, before: str, tail: str | None, record: Any
+    encoding: str, sent: bytes, before: list[str], tail: str | None, record: Any
 ) -> None:
     a, b = memory_stream_pair()
     stream = Stream.wrap(a)
@@ -664,14 +677,17 @@ async def test_decoder_remainder_is_last_data_before_end(
     async with stream:
         await b.send_all(sent)
         await wait_all_tasks_blocked()
-        assert "".join(rec.chunks) == before
-        held = len(rec.chunks)
+        assert rec.chunks == before
         await b.send_eof()
         await wait_all_tasks_blocked()
-        assert rec.chunks[held:] == ([] if tail is None else [tail])
-        assert rec.events[-2:] == ["data", "end"]
         stream.end()
-    assert rec.data == before + (tail or "")
+    last = [] if tail is None else [tail]
+    assert rec.events == [
+        "connect",
+        *(("data", chunk) for chunk in before + last),
+        "end",
+        ("close", False),
+    ]
 
 
 @bounded
@@ -821,7 +837,9 @@ async def test_bytes_read_counts_received_bytes(record: Any) -> None:
 
 
 @bounded
-async def test_timeout_once_per_idle_period_activity_restarts(record: Any, autojump_clock: Any) -> None:
+async def test_timeout_once_per_idle_period_activity_restarts(
+    record: Any, autojump_clock: Any
+) -> None:
     a, b = memory_stream_pair()
     stream = Stream.wrap(a)
     rec = record(stream)
@@ -891,7 +909,13 @@ async def test_set_timeout_callback_is_a_once_listener(record: Any, autojump_clo
 
 @pytest.mark.parametrize(
     ("value", "error"),
-    [("10", TypeError), (None, TypeError), (-1, ValueError), (math.inf, ValueError), (math.nan, ValueError)],
+    [
+        ("10", TypeError),
+        (None, TypeError),
+        (-1, ValueError),
+        (math.inf, ValueError),
+        (math.nan, ValueError),
+    ],
 )
 def test_set_timeout_rejects_bad_values(value: Any, error: type[Exception]) -> None:
     stream = Stream.wrap(memory_stream_pair()[0])
@@ -991,6 +1015,7 @@ async def test_async_for_yields_data_chunks_and_ends_at_end(record: Any) -> None
         stream.end()
     assert iterated == rec.chunks
     assert b"".join(iterated) == b"onetwothree"
+    assert {type(chunk) for chunk in iterated} == {bytes}
     assert rec.events == ["connect", "data", "end", ("close", False)]
 
 
@@ -1094,7 +1119,6 @@ async def test_drain_returns_when_queue_empty() -> None:
         while len(received) < 1000:
             received += await b.receive_some()
         await drained.wait()
-        assert stream.write_queue_size == 0
         stream.destroy()
 
 
@@ -1175,7 +1199,7 @@ def test_module_level_node_aliases() -> None:
 
 
 @bounded
-async def test_on_as_decorator(record: Any) -> None:
+async def test_on_as_decorator() -> None:
     a, b = memory_stream_pair()
     stream = Stream.wrap(a)
     got: list[bytes] = []
@@ -1219,7 +1243,7 @@ def test_registration_api_on_a_stream() -> None:
 
 
 @bounded
-async def test_once_listener_runs_once(record: Any) -> None:
+async def test_once_listener_runs_once() -> None:
     a, b = memory_stream_pair()
     stream = Stream.wrap(a)
     got: list[bytes] = []

@@ -420,8 +420,11 @@ class Server(EventEmitter):
             nursery.start_soon(self._finish_close)
 
     async def _finish_close(self) -> None:
-        while self._live_tasks:
-            await self._tasks_done.park()
+        # Shielded: under cancellation the connections are being destroyed
+        # and finish promptly; the server's 'close' still comes last.
+        with trio.CancelScope(shield=True):
+            while self._live_tasks:
+                await self._tasks_done.park()
         if self._unlink_path is not None:
             try:
                 os.unlink(self._unlink_path)

@@ -415,6 +415,8 @@ class Stream(EventEmitter):
                 conn.in_receive = False
             if not data:
                 return True, None
+            if type(data) is not bytes:
+                data = bytes(data)  # trio's in-memory streams return bytearray
             self._bytes_read += len(data)
             if self._timeout:
                 self._last_activity = trio.current_time()
@@ -557,7 +559,10 @@ class Stream(EventEmitter):
         conn.flushed_lot.unpark_all()
         transport, conn.transport = conn.transport, None
         if transport is not None:
-            await trio.aclose_forcefully(transport)
+            # Shielded and bounded: also when the owner's scope is cancelled,
+            # the transport closes and 'close' is emitted below.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(transport)
         error = conn.error
         unhandled = False
         if error is not None:
