@@ -46,5 +46,5 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy", "typing_extensions")
+    session.install("-e", ".", "mypy", "typing_extensions", "exceptiongroup")
     session.run("mypy", "--strict", "trio_netstream")

@@ -26,7 +26,9 @@ def _printer(out: Callable[[str], object], side: str) -> Callable[..., None]:
     return event
 
 
-async def demo(port: int = 0, host: str = "127.0.0.1", out: Callable[[str], object] = print) -> None:
+async def demo(
+    port: int = 0, host: str = "127.0.0.1", out: Callable[[str], object] = print
+) -> None:
     """The seed's echo server, and a client that says two lines and ends."""
     server_event = _printer(out, "server")
     client_event = _printer(out, "client")

@@ -72,7 +72,7 @@ def node_code(exc: BaseException) -> str | None:
     if isinstance(exc, socket.gaierror):
         if exc.errno in _GAI_NOT_FOUND:
             return "ENOTFOUND"
-        return _GAI_NAMES.get(exc.errno, "EAI_FAIL")  # type: ignore[arg-type]  # errno is an int here
+        return _GAI_NAMES.get(exc.errno, "EAI_FAIL")
     if isinstance(exc, OSError) and exc.errno is not None:
         return _errno.errorcode.get(exc.errno)
     return None

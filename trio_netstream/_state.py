@@ -62,34 +62,32 @@ class Input(enum.Enum):
     CLOSED = "closed"  # teardown finished; 'close' is about to be emitted
 
 
-S, I = State, Input
-
 #: (state, input) -> next state. A pair that is not here is illegal.
 TRANSITIONS: dict[tuple[State, Input], State] = {
-    (S.CLOSED, I.CONNECT): S.OPENING,
-    (S.OPENING, I.CONNECTED): S.OPEN,
-    (S.OPENING, I.END): S.OPENING_ENDED,
-    (S.OPENING, I.DESTROY): S.DESTROYED,
-    (S.OPENING_ENDED, I.CONNECTED): S.READ_ONLY,
-    (S.OPENING_ENDED, I.DESTROY): S.DESTROYED,
-    (S.OPEN, I.END): S.READ_ONLY,
-    (S.OPEN, I.PEER_END): S.WRITE_ONLY,
-    (S.OPEN, I.DESTROY): S.DESTROYED,
-    (S.READ_ONLY, I.PEER_END): S.ENDED,
-    (S.READ_ONLY, I.DESTROY): S.DESTROYED,
-    (S.WRITE_ONLY, I.END): S.ENDED,
-    (S.WRITE_ONLY, I.DESTROY): S.DESTROYED,
-    (S.ENDED, I.DESTROY): S.DESTROYED,
-    (S.ENDED, I.CLOSED): S.CLOSED,
-    (S.DESTROYED, I.CLOSED): S.CLOSED,
+    (State.CLOSED, Input.CONNECT): State.OPENING,
+    (State.OPENING, Input.CONNECTED): State.OPEN,
+    (State.OPENING, Input.END): State.OPENING_ENDED,
+    (State.OPENING, Input.DESTROY): State.DESTROYED,
+    (State.OPENING_ENDED, Input.CONNECTED): State.READ_ONLY,
+    (State.OPENING_ENDED, Input.DESTROY): State.DESTROYED,
+    (State.OPEN, Input.END): State.READ_ONLY,
+    (State.OPEN, Input.PEER_END): State.WRITE_ONLY,
+    (State.OPEN, Input.DESTROY): State.DESTROYED,
+    (State.READ_ONLY, Input.PEER_END): State.ENDED,
+    (State.READ_ONLY, Input.DESTROY): State.DESTROYED,
+    (State.WRITE_ONLY, Input.END): State.ENDED,
+    (State.WRITE_ONLY, Input.DESTROY): State.DESTROYED,
+    (State.ENDED, Input.DESTROY): State.DESTROYED,
+    (State.ENDED, Input.CLOSED): State.CLOSED,
+    (State.DESTROYED, Input.CLOSED): State.CLOSED,
 }
 
 #: States in which write() queues bytes.
-WRITABLE = frozenset({S.OPENING, S.OPEN, S.WRITE_ONLY})
+WRITABLE = frozenset({State.OPENING, State.OPEN, State.WRITE_ONLY})
 #: States in which a connection exists or is being made (a task is running).
-ACTIVE = frozenset(State) - {S.CLOSED}
+ACTIVE = frozenset(State) - {State.CLOSED}
 #: States in which this side has ended (or lost) its writable half.
-WRITE_ENDED = frozenset({S.OPENING_ENDED, S.READ_ONLY, S.ENDED, S.DESTROYED})
+WRITE_ENDED = frozenset({State.OPENING_ENDED, State.READ_ONLY, State.ENDED, State.DESTROYED})
 
 
 class StateMachine:
@@ -97,7 +95,7 @@ class StateMachine:
 
     __slots__ = ("state",)
 
-    def __init__(self, state: State = S.CLOSED) -> None:
+    def __init__(self, state: State = State.CLOSED) -> None:
         self.state = state
 
     @property
@@ -121,6 +119,6 @@ class StateMachine:
     def describe(self) -> str:
         """The state for messages: ``'readOnly'``, or ``'closed' (closing)``."""
         text = repr(self.state.ready_state)
-        if self.state in (S.ENDED, S.DESTROYED):
+        if self.state in (State.ENDED, State.DESTROYED):
             text += " (closing)"
         return text

@@ -49,7 +49,7 @@ import trio
 from ._block import Block
 from ._emitter import EventEmitter
 from ._encoding import Decoder, encode, get_decoder
-from ._errors import StreamStateError, TransportError, transport_errors, translate
+from ._errors import StreamStateError, TransportError, translate, transport_errors
 from ._options import StreamOptions, check_number, check_port, check_timeout_ms, is_path
 from ._state import WRITABLE, Input, State, StateMachine
 
@@ -125,9 +125,7 @@ def _check_chunk(data: object, encoding: object) -> bytes:
         return encode(data, "utf8" if encoding is None else encoding)  # type: ignore[arg-type]  # normalize() checks it
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
-    raise TypeError(
-        f"data must be bytes, bytearray, memoryview or str, not {type(data).__name__}"
-    )
+    raise TypeError(f"data must be bytes, bytearray, memoryview or str, not {type(data).__name__}")
 
 
 class Stream(EventEmitter):
@@ -151,28 +149,28 @@ class Stream(EventEmitter):
     """
 
     __slots__ = (
+        "_block",
         "_bytes_read",
         "_bytes_written",
+        "_carry",
         "_conn",
         "_decoder",
         "_emit_lock",
         "_encoding",
         "_feed",
-        "_unconsumed",
-        "_unconsumed_size",
-        "_carry",
         "_last_activity",
         "_nursery",
-        "_block",
         "_options",
         "_owner",
         "_paused",
         "_resume_lot",
+        "_server_side",
         "_sm",
         "_start_pending",
         "_timeout",
         "_timer_lot",
-        "_server_side",
+        "_unconsumed",
+        "_unconsumed_size",
     )
 
     def __init__(self, **options: Any) -> None:
@@ -217,7 +215,9 @@ class Stream(EventEmitter):
         return stream
 
     @classmethod
-    def _for_server(cls, transport: trio.abc.Stream, options: StreamOptions, owner: _Owner) -> Stream:
+    def _for_server(
+        cls, transport: trio.abc.Stream, options: StreamOptions, owner: _Owner
+    ) -> Stream:
         """A server-side stream: *owner* (the server) runs it and gets its failures."""
         stream = cls()
         stream._options = options
@@ -329,6 +329,7 @@ class Stream(EventEmitter):
             self._owner.listener_failed(exc)
 
     async def _open(self, target: _Target) -> trio.SocketStream:
+        candidates: list[tuple[int, int, int, Any]]
         if target.path is not None:
             candidates = [(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM, 0, target.path)]
         else:
@@ -388,7 +389,9 @@ class Stream(EventEmitter):
         if not self._options.allow_half_open and self._sm.state is State.WRITE_ONLY:
             self.end()
 
-    async def _read_session(self, conn: _Conn, scope: trio.CancelScope) -> tuple[bool, bytes | None]:
+    async def _read_session(
+        self, conn: _Conn, scope: trio.CancelScope
+    ) -> tuple[bool, bytes | None]:
         """One read session: ``(eof, chunk to deliver outside the scope)``."""
         transport = conn.transport
         assert transport is not None
@@ -673,12 +676,14 @@ class Stream(EventEmitter):
             conn.queue.append(chunk)
             conn.queued += len(chunk)
             conn.writer_lot.unpark()
-        if state is State.OPENING or conn.queued >= self._options.high_water_mark and conn.queued:
+        if state is State.OPENING or (conn.queued >= self._options.high_water_mark and conn.queued):
             conn.need_drain = True
             return False
         return True
 
-    def end(self, data: bytes | bytearray | memoryview | str | None = None, encoding: str = "utf8") -> None:
+    def end(
+        self, data: bytes | bytearray | memoryview | str | None = None, encoding: str = "utf8"
+    ) -> None:
         """Write *data* (if given), flush everything queued, then send FIN.
 
         ``ready_state`` becomes ``"readOnly"`` (or ``"closed"`` if the peer had
@@ -802,10 +807,16 @@ class Stream(EventEmitter):
             return
         options = self._options
         try:
-            sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, options.no_delay)
-            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, options.keep_alive)
-            if options.keep_alive and options.keep_alive_initial_delay > 0 and hasattr(
-                _stdlib_socket, "TCP_KEEPIDLE"
+            sock.setsockopt(
+                _stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, options.no_delay
+            )
+            sock.setsockopt(
+                _stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, options.keep_alive
+            )
+            if (
+                options.keep_alive
+                and options.keep_alive_initial_delay > 0
+                and hasattr(_stdlib_socket, "TCP_KEEPIDLE")
             ):
                 seconds = max(1, math.ceil(options.keep_alive_initial_delay / 1000))
                 sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_KEEPIDLE, seconds)
@@ -950,7 +961,9 @@ class Stream(EventEmitter):
         def on(self, event: Literal["data"], listener: DataListener) -> Self: ...
         @overload
         def on(
-            self, event: Literal["connect", "end", "drain", "timeout", "secure"], listener: NoArgListener
+            self,
+            event: Literal["connect", "end", "drain", "timeout", "secure"],
+            listener: NoArgListener,
         ) -> Self: ...
         @overload
         def on(self, event: Literal["error"], listener: ErrorListener) -> Self: ...
@@ -964,7 +977,9 @@ class Stream(EventEmitter):
         def once(self, event: Literal["data"], listener: DataListener) -> Self: ...
         @overload
         def once(
-            self, event: Literal["connect", "end", "drain", "timeout", "secure"], listener: NoArgListener
+            self,
+            event: Literal["connect", "end", "drain", "timeout", "secure"],
+            listener: NoArgListener,
         ) -> Self: ...
         @overload
         def once(self, event: Literal["error"], listener: ErrorListener) -> Self: ...
