@@ -24,7 +24,9 @@ class Recorder:
     sequences stay independent of how the kernel splits bytes).
     """
 
-    def __init__(self, emitter: Any, *, keep_data: bool = False, events: tuple[str, ...] = STREAM_EVENTS) -> None:
+    def __init__(
+        self, emitter: Any, *, keep_data: bool = False, events: tuple[str, ...] = STREAM_EVENTS
+    ) -> None:
         self.events: list[Any] = []
         self.chunks: list[Any] = []
         self.keep_data = keep_data

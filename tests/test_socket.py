@@ -152,7 +152,9 @@ def echo_server(**options: Any) -> net.Server:
 # -- encodings over real sockets --------------------------------------------------
 
 
-async def test_utf8_multibyte_characters_survive_any_split(transport: Transport, record: Any) -> None:
+async def test_utf8_multibyte_characters_survive_any_split(
+    transport: Transport, record: Any
+) -> None:
     with trio.fail_after(20):
         text = "あ" * 40_960
         encoded = text.encode("utf8")  # 3 bytes each
@@ -164,15 +166,17 @@ async def test_utf8_multibyte_characters_survive_any_split(transport: Transport,
             await sock.send_eof()
             assert await read_until_eof(sock) == b""
 
-        async with transport.raw_listener() as (listener, target):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_peer, listener, peer)
-                stream = net.create_connection(*target)
-                stream.set_encoding("utf8")
-                rec = record(stream)
-                stream.on("end", stream.end)
-                async with stream:
-                    pass
+        async with (
+            transport.raw_listener() as (listener, target),
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(run_peer, listener, peer)
+            stream = net.create_connection(*target)
+            stream.set_encoding("utf8")
+            rec = record(stream)
+            stream.on("end", stream.end)
+            async with stream:
+                pass
 
         assert rec.events == ["connect", "data", "end", ("close", False)]
         assert all(isinstance(chunk, str) for chunk in rec.chunks)
@@ -210,7 +214,9 @@ async def test_latin1_round_trips_every_byte_value(transport: Transport, record:
 # -- backpressure --------------------------------------------------------------------
 
 
-async def test_paused_reader_bounds_the_senders_queue_64mib(transport: Transport, record: Any) -> None:
+async def test_paused_reader_bounds_the_senders_queue_64mib(
+    transport: Transport, record: Any
+) -> None:
     with trio.fail_after(20):
         total, chunk_size = 64 * MiB, 64 * KiB
         payload = random.Random(64).randbytes(total)
@@ -387,7 +393,9 @@ async def test_connect_refused_emits_error_then_close(tcp: Transport, record: An
         assert stream.socket is None
 
 
-async def test_connect_refused_without_error_listener_raises_from_block(tcp: Transport, record: Any) -> None:
+async def test_connect_refused_without_error_listener_raises_from_block(
+    tcp: Transport, record: Any
+) -> None:
     with trio.fail_after(20):
         stream = net.create_connection(free_port(tcp), tcp.host)
         rec = record(stream, events=("connect", "close"))
@@ -437,20 +445,22 @@ async def test_writes_before_connect_are_queued_in_order(transport: Transport, r
         async def peer(sock: trio.SocketStream) -> None:
             got.append(await read_until_eof(sock))
 
-        async with transport.raw_listener() as (listener, target):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_peer, listener, peer)
-                stream = net.create_connection(*target)
-                assert stream.ready_state == "opening"
-                results = [stream.write(f"{n:03d};") for n in range(100)]
-                results.append(stream.write(b"bytes;"))
-                results.append(stream.write("6869", "hex"))
-                assert results == [False] * 102
-                assert stream.bytes_written == 100 * 4 + 6 + 2
-                rec = record(stream)
-                stream.on("drain", stream.end)
-                async with stream:
-                    pass
+        async with (
+            transport.raw_listener() as (listener, target),
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(run_peer, listener, peer)
+            stream = net.create_connection(*target)
+            assert stream.ready_state == "opening"
+            results = [stream.write(f"{n:03d};") for n in range(100)]
+            results.append(stream.write(b"bytes;"))
+            results.append(stream.write("6869", "hex"))
+            assert results == [False] * 102
+            assert stream.bytes_written == 100 * 4 + 6 + 2
+            rec = record(stream)
+            stream.on("drain", stream.end)
+            async with stream:
+                pass
 
         expected = "".join(f"{n:03d};" for n in range(100)).encode() + b"bytes;hi"
         assert got == [expected]
@@ -519,76 +529,72 @@ async def test_addresses_on_both_sides(tcp: Transport) -> None:
         assert isinstance(server_side["socket"], trio.socket.SocketType)
 
 
-def _opt(sock: trio.socket.SocketType, level: int, name: int) -> int:
-    return int(sock.getsockopt(level, name))
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY)
+KEEPALIVE = (socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+HAS_KEEPIDLE = hasattr(socket, "TCP_KEEPIDLE")
+
+
+def _options_of(sock: trio.socket.SocketType | None) -> dict[str, int]:
+    """TCP_NODELAY and SO_KEEPALIVE as 0/1, and TCP_KEEPIDLE in seconds where known."""
+    assert sock is not None
+    seen = {
+        "nodelay": int(bool(sock.getsockopt(*NODELAY))),
+        "keepalive": int(bool(sock.getsockopt(*KEEPALIVE))),
+    }
+    if HAS_KEEPIDLE:
+        seen["keepidle"] = int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
+    return seen
+
+
+def _without_keepidle(seen: dict[str, int]) -> dict[str, int]:
+    return {name: value for name, value in seen.items() if name != "keepidle"}
 
 
 async def test_no_delay_and_keep_alive_reach_the_socket(tcp: Transport) -> None:
-    nodelay = (socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    keepalive = (socket.SOL_SOCKET, socket.SO_KEEPALIVE)
-    has_keepidle = hasattr(socket, "TCP_KEEPIDLE")
     with trio.fail_after(20):
-        server_nodelay: list[int] = []
+        server_side: list[dict[str, int]] = []
 
         def on_connection(conn: net.Stream) -> None:
-            assert conn.socket is not None
-            server_nodelay.append(_opt(conn.socket, *nodelay))
+            server_side.append(_without_keepidle(_options_of(conn.socket)))
             conn.on("end", conn.end)
 
         async with net.create_server(on_connection) as server:
             await tcp.listen(server)
             port = tcp.target(server)[0]
 
-            # Defaults, then the setters on a live socket.
-            seen: list[tuple[str, int]] = []
+            # Defaults (Nagle on, as Node), then the setters on a live socket.
+            steps: list[tuple[str, dict[str, int]]] = []
             plain = net.create_connection(port, tcp.host)
 
             def on_connect_plain() -> None:
-                sock = plain.socket
-                assert sock is not None
-                seen.append(("default nodelay", _opt(sock, *nodelay)))
-                seen.append(("default keepalive", _opt(sock, *keepalive)))
+                steps.append(("default", _without_keepidle(_options_of(plain.socket))))
                 plain.set_no_delay()
-                seen.append(("set_no_delay()", _opt(sock, *nodelay)))
+                steps.append(("set_no_delay()", _without_keepidle(_options_of(plain.socket))))
                 plain.set_no_delay(False)
-                seen.append(("set_no_delay(False)", _opt(sock, *nodelay)))
+                steps.append(("set_no_delay(False)", _without_keepidle(_options_of(plain.socket))))
                 plain.set_keep_alive(True, 3000)
-                seen.append(("set_keep_alive(True)", _opt(sock, *keepalive)))
-                if has_keepidle:
-                    seen.append(("keepidle", _opt(sock, socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)))
+                steps.append(("set_keep_alive(True, 3000)", _options_of(plain.socket)))
                 plain.set_keep_alive(False)
-                seen.append(("set_keep_alive(False)", _opt(sock, *keepalive)))
+                steps.append(
+                    ("set_keep_alive(False)", _without_keepidle(_options_of(plain.socket)))
+                )
                 plain.end()
 
             plain.on("connect", on_connect_plain)
             async with plain:
                 pass
-            expected = [
-                ("default nodelay", 0),
-                ("default keepalive", 0),
-                ("set_no_delay()", 1),
-                ("set_no_delay(False)", 0),
-                ("set_keep_alive(True)", 1),
-                *([("keepidle", 3)] if has_keepidle else []),
-                ("set_keep_alive(False)", 0),
-            ]
-            assert [(name, int(bool(value)) if name != "keepidle" else value) for name, value in seen] == expected
 
-            # Options at construction, and setters called before connecting.
-            at_connect: list[tuple[int, int]] = []
+            # The no_delay / keep_alive options, and setters called before connecting.
             by_option = net.create_connection(port, tcp.host, no_delay=True, keep_alive=True)
             before = net.Stream()
             before.set_no_delay(True)
             before.set_keep_alive(True, 5000)
             before.connect(port, tcp.host)
+            at_connect: list[dict[str, int]] = []
             for stream in (by_option, before):
 
                 def on_connect(stream: net.Stream = stream) -> None:
-                    sock = stream.socket
-                    assert sock is not None
-                    at_connect.append((bool(_opt(sock, *nodelay)), bool(_opt(sock, *keepalive))))
-                    if stream is before and has_keepidle:
-                        at_connect.append(("keepidle", _opt(sock, socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)))  # type: ignore[arg-type]
+                    at_connect.append(_options_of(stream.socket))
                     stream.end()
 
                 stream.on("connect", on_connect)
@@ -596,8 +602,21 @@ async def test_no_delay_and_keep_alive_reach_the_socket(tcp: Transport) -> None:
                     pass
             server.close()
 
-        assert at_connect == [(True, True), (True, True), *([("keepidle", 5)] if has_keepidle else [])]
-        assert [bool(value) for value in server_nodelay] == [False, False, False]
+        keepidle = {"keepidle": 3} if HAS_KEEPIDLE else {}
+        assert steps == [
+            ("default", {"nodelay": 0, "keepalive": 0}),
+            ("set_no_delay()", {"nodelay": 1, "keepalive": 0}),
+            ("set_no_delay(False)", {"nodelay": 0, "keepalive": 0}),
+            ("set_keep_alive(True, 3000)", {"nodelay": 0, "keepalive": 1, **keepidle}),
+            ("set_keep_alive(False)", {"nodelay": 0, "keepalive": 0}),
+        ]
+        assert [_without_keepidle(seen) for seen in at_connect] == [
+            {"nodelay": 1, "keepalive": 1},
+            {"nodelay": 1, "keepalive": 1},
+        ]
+        if HAS_KEEPIDLE:
+            assert at_connect[1]["keepidle"] == 5
+        assert server_side == [{"nodelay": 0, "keepalive": 0}] * 3
 
 
 # -- half-close, end() flushing, destroy() ---------------------------------------------
@@ -611,21 +630,23 @@ async def test_half_close_client_ends_first(transport: Transport, record: Any) -
             await sock.send_all(b"response to " + request)
 
         states: list[str] = []
-        async with transport.raw_listener() as (listener, target):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_peer, listener, peer)
-                stream = net.create_connection(*target)
-                rec = record(stream)
+        async with (
+            transport.raw_listener() as (listener, target),
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(run_peer, listener, peer)
+            stream = net.create_connection(*target)
+            rec = record(stream)
 
-                def on_connect() -> None:
-                    stream.write("request")
-                    stream.end()
-                    states.append(stream.ready_state)
+            def on_connect() -> None:
+                stream.write("request")
+                stream.end()
+                states.append(stream.ready_state)
 
-                stream.on("connect", on_connect)
-                stream.on("end", lambda: states.append(stream.ready_state))
-                async with stream:
-                    pass
+            stream.on("connect", on_connect)
+            stream.on("end", lambda: states.append(stream.ready_state))
+            async with stream:
+                pass
 
         assert rec.events == ["connect", "data", "end", ("close", False)]
         assert rec.data == b"response to request"
@@ -642,21 +663,23 @@ async def test_half_close_peer_ends_first(transport: Transport, record: Any) -> 
             got.append(await read_until_eof(sock))
 
         states: list[str] = []
-        async with transport.raw_listener() as (listener, target):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_peer, listener, peer)
-                stream = net.create_connection(*target)
-                rec = record(stream)
+        async with (
+            transport.raw_listener() as (listener, target),
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(run_peer, listener, peer)
+            stream = net.create_connection(*target)
+            rec = record(stream)
 
-                def on_end() -> None:
-                    states.append(stream.ready_state)
-                    stream.write("written after the peer's FIN")
-                    stream.end()
-                    states.append(stream.ready_state)
+            def on_end() -> None:
+                states.append(stream.ready_state)
+                stream.write("written after the peer's FIN")
+                stream.end()
+                states.append(stream.ready_state)
 
-                stream.on("end", on_end)
-                async with stream:
-                    pass
+            stream.on("end", on_end)
+            async with stream:
+                pass
 
         assert rec.events == ["connect", "data", "end", ("close", False)]
         assert rec.data == b"hello"
@@ -664,7 +687,9 @@ async def test_half_close_peer_ends_first(transport: Transport, record: Any) -> 
         assert got == [b"written after the peer's FIN"]
 
 
-async def test_end_flushes_a_large_queued_write_before_fin(transport: Transport, record: Any) -> None:
+async def test_end_flushes_a_large_queued_write_before_fin(
+    transport: Transport, record: Any
+) -> None:
     with trio.fail_after(20):
         payload = random.Random(4).randbytes(4 * MiB)
         got: list[bytes] = []
@@ -673,23 +698,25 @@ async def test_end_flushes_a_large_queued_write_before_fin(transport: Transport,
             got.append(await read_until_eof(sock))
 
         at_end_call: list[Any] = []
-        async with transport.raw_listener() as (listener, target):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_peer, listener, peer)
-                stream = net.create_connection(*target)
-                # Whether 'drain' follows a write() that end() flushed is left
-                # open by the SPEC, so it is not part of this sequence.
-                rec = record(stream, events=("connect", "data", "end", "error", "close"))
+        async with (
+            transport.raw_listener() as (listener, target),
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(run_peer, listener, peer)
+            stream = net.create_connection(*target)
+            # Whether 'drain' follows a write() that end() flushed is left
+            # open by the SPEC, so it is not part of this sequence.
+            rec = record(stream, events=("connect", "data", "end", "error", "close"))
 
-                def on_connect() -> None:
-                    at_end_call.append(stream.write(payload))
-                    stream.end()
-                    at_end_call.append(stream.ready_state)
-                    at_end_call.append(stream.write_queue_size)
+            def on_connect() -> None:
+                at_end_call.append(stream.write(payload))
+                stream.end()
+                at_end_call.append(stream.ready_state)
+                at_end_call.append(stream.write_queue_size)
 
-                stream.on("connect", on_connect)
-                async with stream:
-                    pass
+            stream.on("connect", on_connect)
+            async with stream:
+                pass
 
         assert at_end_call == [False, "readOnly", 4 * MiB]
         assert len(got) == 1 and len(got[0]) == len(payload)
@@ -718,23 +745,25 @@ async def test_destroy_mid_transfer(transport: Transport, record: Any) -> None:
             else:
                 outcome.append(("EOF", bytes(buffer)))
 
-        async with transport.raw_listener() as (listener, target):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_peer, listener, peer)
-                stream = net.create_connection(*target)
-                rec = record(stream)
-                connected = trio.Event()
-                stream.on("connect", connected.set)
-                async with stream:
-                    await connected.wait()
-                    assert stream.write(payload) is False
-                    await wait_all_tasks_blocked(cushion=0.05)  # the writer is stuck
-                    stream.destroy()
-                    assert stream.ready_state == "closed"
-                    with pytest.raises(StreamStateError):
-                        stream.write(b"more")
-                    stream.destroy()  # idempotent
-                    destroyed.set()
+        async with (
+            transport.raw_listener() as (listener, target),
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(run_peer, listener, peer)
+            stream = net.create_connection(*target)
+            rec = record(stream)
+            connected = trio.Event()
+            stream.on("connect", connected.set)
+            async with stream:
+                await connected.wait()
+                assert stream.write(payload) is False
+                await wait_all_tasks_blocked(cushion=0.05)  # the writer is stuck
+                stream.destroy()
+                assert stream.ready_state == "closed"
+                with pytest.raises(StreamStateError):
+                    stream.write(b"more")
+                stream.destroy()  # idempotent
+                destroyed.set()
 
         assert rec.events == ["connect", ("close", False)]
         [(how, received)] = outcome

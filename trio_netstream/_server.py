@@ -27,6 +27,7 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+import attrs
 import trio
 
 from ._block import Block
@@ -457,7 +458,15 @@ class Server(EventEmitter):
 
     @property
     def max_connections(self) -> int | None:
+        """Open connections at which new ones are closed at once (``None``: no limit).
+
+        Settable, as Node's ``server.maxConnections``; applies to the next accept.
+        """
         return self._options.max_connections
+
+    @max_connections.setter
+    def max_connections(self, value: int | None) -> None:
+        self._options = attrs.evolve(self._options, max_connections=value)
 
     if TYPE_CHECKING:
 

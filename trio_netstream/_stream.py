@@ -51,7 +51,7 @@ from ._emitter import EventEmitter
 from ._encoding import Decoder, encode, get_decoder
 from ._errors import StreamStateError, TransportError, translate, transport_errors
 from ._options import StreamOptions, check_number, check_port, check_timeout_ms, is_path
-from ._state import WRITABLE, Input, State, StateMachine
+from ._state import WRITABLE, WRITE_ENDED, Input, State, StateMachine
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -495,7 +495,8 @@ class Stream(EventEmitter):
                         conn.flushed_lot.unpark_all()
                         if conn.need_drain:
                             conn.need_drain = False
-                            await self._emit("drain")
+                            if self._sm.state not in WRITE_ENDED:  # as Node: none after end()
+                                await self._emit("drain")
                     continue
                 if self._sm.state in (State.READ_ONLY, State.ENDED):
                     conn.wrote_eof = True
