@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import ssl as _ssl
 from typing import Any
 
 import attrs
@@ -78,14 +79,18 @@ class StreamOptions:
     high_water_mark: int = attrs.field(
         default=DEFAULT_HIGH_WATER_MARK, validator=_non_negative_int("high_water_mark")
     )
-    ssl: object = None
-    server_hostname: str | None = None
+    ssl: object = attrs.field(default=None)
+    server_hostname: str | None = attrs.field(default=None)
 
-    def __attrs_post_init__(self) -> None:
-        if self.ssl is not None or self.server_hostname is not None:
-            raise NotImplementedError(
-                "TLS options (ssl=, server_hostname=) are not available yet in this release"
-            )
+    @ssl.validator
+    def _check_ssl(self, _attr: object, value: object) -> None:
+        if value is not None and not isinstance(value, (bool, _ssl.SSLContext)):
+            raise TypeError(f"ssl must be an ssl.SSLContext or a bool, not {type(value).__name__}")
+
+    @server_hostname.validator
+    def _check_hostname(self, _attr: object, value: object) -> None:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"server_hostname must be a str, not {type(value).__name__}")
 
 
 @attrs.frozen(kw_only=True)

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import socket as _stdlib_socket
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
@@ -52,6 +53,14 @@ from ._encoding import Decoder, encode, get_decoder
 from ._errors import StreamStateError, TransportError, translate, transport_errors
 from ._options import StreamOptions, check_number, check_port, check_timeout_ms, is_path
 from ._state import WRITABLE, WRITE_ENDED, Input, State, StateMachine
+from ._tls import (
+    TLSTransport,
+    Verification,
+    default_client_context,
+    make_transport,
+    peer_certificate,
+    verify,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -116,6 +125,22 @@ class _Conn:
     timer_running: bool = False
     peer: tuple[str | None, int | None, str | None] = (None, None, None)
     local: tuple[str | None, int | None] = (None, None)
+    upgrade: _Upgrade | None = None
+    plain_queue: list[bytes] = attrs.Factory(list)
+    tls: TLSTransport | None = None
+    verification: Verification | None = None
+
+
+@attrs.define(eq=False, slots=True)
+class _Upgrade:
+    """A requested TLS upgrade (``set_secure()`` or the ``ssl`` option)."""
+
+    context: ssl.SSLContext
+    server_side: bool
+    server_hostname: str | None
+    reject_unauthorized: bool
+    writer_ready: trio.Event = attrs.Factory(trio.Event)
+    done: trio.Event = attrs.Factory(trio.Event)
 
 
 def _check_chunk(data: object, encoding: object) -> bytes:
@@ -238,6 +263,23 @@ class Stream(EventEmitter):
         self._note_addresses(conn)
         self._apply_socket_options()
         self._start_pending = True
+        self._secure_from_first_byte(conn)
+
+    def _secure_from_first_byte(self, conn: _Conn) -> None:
+        """The ``ssl`` option: TLS starts as soon as the connection is up."""
+        option = self._options.ssl
+        if option is None or option is False:
+            return
+        if option is True:
+            if self._server_side:
+                raise ValueError("ssl=True is a client option; a server needs an ssl.SSLContext")
+            context = default_client_context()
+        else:
+            context = option  # type: ignore[assignment]  # StreamOptions checked the type
+        hostname = self._options.server_hostname
+        if hostname is None and not self._server_side and conn.target is not None:
+            hostname = conn.target.host if conn.target.path is None else None
+        conn.upgrade = _Upgrade(context, self._server_side, hostname, True)
 
     # -- structured lifecycle --------------------------------------------
 
@@ -365,12 +407,14 @@ class Stream(EventEmitter):
         cancelled is delivered after the session, outside the scope.
         """
         while True:
+            upgrade = conn.upgrade
+            if upgrade is not None and not upgrade.done.is_set():
+                await self._secure(conn, upgrade)
+            eof, held = False, None
             with trio.CancelScope() as scope:
                 conn.read_scope = scope
                 eof, held = await self._read_session(conn, scope)
             conn.read_scope = None
-            if scope.cancelled_caught:
-                continue
             if held is not None:
                 await self._wait_resumed()
                 await self._deliver(held)
@@ -397,7 +441,10 @@ class Stream(EventEmitter):
         assert transport is not None
         receive = transport.receive_some
         limit = self._options.high_water_mark
+        upgrade = conn.upgrade
         while True:
+            if upgrade is not conn.upgrade:  # set_secure() was called
+                return False, None
             if self._unconsumed and self._has_consumer():
                 await self._flush_unconsumed()
             if self._paused or (
@@ -433,12 +480,56 @@ class Stream(EventEmitter):
         feed = self._feed
         return "data" in self._events or (feed is not None and not feed.finished)
 
-    def _wake_reader(self) -> None:
-        """A consumer arrived, or the stream resumed: let the reader go on."""
+    def _wake_reader(self, *, upgrade: bool = False) -> None:
+        """A consumer arrived, the stream resumed, or TLS starts: let the
+        reader go on. A receive is interrupted only on a plaintext transport
+        (interrupting a TLS read could lose a record)."""
         self._resume_lot.unpark_all()
         conn = self._conn
-        if conn is not None and conn.in_receive and self._unconsumed and conn.read_scope:
+        if (
+            conn is not None
+            and conn.in_receive
+            and conn.read_scope is not None
+            and conn.tls is None
+            and (upgrade or self._unconsumed)
+        ):
             conn.read_scope.cancel()
+
+    async def _secure(self, conn: _Conn, upgrade: _Upgrade) -> None:
+        """Upgrade the connection to TLS, then emit ``'secure'``.
+
+        Everything read before ``set_secure()`` was delivered as plaintext by
+        now; plaintext nobody consumed is dropped, so it can never come out
+        after ``'secure'``. The writer has sent the plaintext written before
+        the call and waits; the reader is the only task using the socket.
+        """
+        if self._unconsumed and self._has_consumer():
+            await self._flush_unconsumed()
+        self._unconsumed.clear()
+        self._unconsumed_size = 0
+        await upgrade.writer_ready.wait()
+        raw = conn.transport
+        assert raw is not None
+        tls = make_transport(
+            raw,
+            upgrade.context,
+            server_side=upgrade.server_side,
+            server_hostname=upgrade.server_hostname,
+            reject_unauthorized=upgrade.reject_unauthorized,
+        )
+        conn.transport = tls  # closing the stream now closes the socket through it
+        with transport_errors():
+            await tls.do_handshake()
+        conn.tls = tls
+        conn.verification = verify(
+            tls.ssl_object,
+            upgrade.context,
+            server_side=upgrade.server_side,
+            server_hostname=upgrade.server_hostname,
+            reject_unauthorized=upgrade.reject_unauthorized,
+        )
+        upgrade.done.set()
+        await self._emit("secure")
 
     async def _flush_unconsumed(self) -> None:
         while self._unconsumed and self._has_consumer() and not self._paused:
@@ -483,6 +574,20 @@ class Stream(EventEmitter):
         send_all = transport.send_all
         try:
             while True:
+                upgrade = conn.upgrade
+                if upgrade is not None and not upgrade.done.is_set():
+                    # Plaintext written before set_secure() goes first.
+                    while conn.plain_queue:
+                        chunk = conn.plain_queue.pop(0)
+                        with transport_errors(sending=True):
+                            await send_all(chunk)
+                        conn.queued -= len(chunk)
+                    upgrade.writer_ready.set()
+                    await upgrade.done.wait()
+                    transport = conn.transport
+                    assert transport is not None
+                    send_all = transport.send_all
+                    continue
                 queue = conn.queue
                 if queue:
                     data = self._take(conn)
@@ -641,7 +746,8 @@ class Stream(EventEmitter):
                 raise TypeError(f"host must be a str, not {type(host).__name__}")
             target = _Target(port=check_port(port, allow_zero=False), host=host or "127.0.0.1")
         self._sm.apply(Input.CONNECT, "connect()")
-        self._conn = _Conn(target=target)
+        self._conn = conn = _Conn(target=target)
+        self._secure_from_first_byte(conn)
         self._unconsumed.clear()
         self._unconsumed_size = 0
         self._bytes_read = 0
@@ -724,6 +830,95 @@ class Stream(EventEmitter):
         conn.need_drain = False
         conn.io_scope.cancel()
         conn.flushed_lot.unpark_all()
+
+    # -- TLS -------------------------------------------------------------------
+
+    def set_secure(
+        self,
+        context: ssl.SSLContext | None = None,
+        *,
+        server_side: bool | None = None,
+        server_hostname: str | None = None,
+        reject_unauthorized: bool = True,
+    ) -> None:
+        """Upgrade this live stream to TLS (STARTTLS); ``'secure'`` follows.
+
+        Bytes written before the call go out in plaintext first, then the
+        handshake; bytes written after it are encrypted. Everything read
+        from the socket before the call is plaintext and is delivered as
+        ``'data'`` before ``'secure'``; only bytes read after the call go
+        to TLS. A failed handshake gives ``'error'`` then ``'close'(True)``.
+
+        Args:
+            context: the ``ssl.SSLContext``; default: a client context from
+                ``ssl.create_default_context()``. A server side needs one
+                with its certificate; one that holds CA certificates
+                requests a client certificate.
+            server_side: default ``True`` for a stream a server accepted.
+            server_hostname: the name to verify (and send as SNI); default:
+                the host this stream connected to.
+            reject_unauthorized: ``False`` lets the handshake complete with a
+                peer that does not verify (client side); see
+                :meth:`verify_peer` and :attr:`authorization_error`.
+
+        Raises:
+            TypeError, ValueError: bad arguments.
+            StreamStateError: the stream is not open, or is already secure.
+        """
+        if context is not None and not isinstance(context, ssl.SSLContext):
+            raise TypeError(f"context must be an ssl.SSLContext, not {type(context).__name__}")
+        if server_side is not None and not isinstance(server_side, bool):
+            raise TypeError(f"server_side must be a bool, not {type(server_side).__name__}")
+        if server_hostname is not None and not isinstance(server_hostname, str):
+            raise TypeError(f"server_hostname must be a str, not {type(server_hostname).__name__}")
+        if not isinstance(reject_unauthorized, bool):
+            raise TypeError(
+                f"reject_unauthorized must be a bool, not {type(reject_unauthorized).__name__}"
+            )
+        side = self._server_side if server_side is None else server_side
+        if side and context is None:
+            raise ValueError(
+                "a server-side set_secure() needs an ssl.SSLContext with a certificate"
+            )
+        conn = self._conn
+        if conn is None or self._sm.state not in (State.OPENING, State.OPEN):
+            raise StreamStateError(
+                f"set_secure() is not allowed: the stream is {self._sm.describe()}"
+            )
+        if conn.upgrade is not None:
+            raise StreamStateError("set_secure() is not allowed: the stream is already secure")
+        if server_hostname is None and not side and conn.target is not None:
+            server_hostname = conn.target.host if conn.target.path is None else None
+        conn.upgrade = _Upgrade(
+            context or default_client_context(), side, server_hostname, reject_unauthorized
+        )
+        conn.plain_queue, conn.queue = conn.queue, []
+        conn.writer_lot.unpark()
+        self._wake_reader(upgrade=True)
+
+    @property
+    def secure(self) -> bool:
+        """Whether the TLS handshake has completed on this connection."""
+        return self._conn is not None and self._conn.tls is not None
+
+    def verify_peer(self) -> bool:
+        """Whether the peer's certificate verified against the trusted CAs
+        (``False`` before a handshake)."""
+        verification = None if self._conn is None else self._conn.verification
+        return verification is not None and verification.verified
+
+    @property
+    def authorization_error(self) -> str | None:
+        """Why the peer did not verify (``"CERT_HAS_EXPIRED: ..."``), or ``None``."""
+        verification = None if self._conn is None else self._conn.verification
+        return None if verification is None else verification.error
+
+    def get_peer_certificate(self) -> dict[str, Any] | None:
+        """The peer's certificate (verified or not) as Node's fields, or ``None``."""
+        conn = self._conn
+        if conn is None or conn.tls is None:
+            return None
+        return peer_certificate(conn.tls.ssl_object)
 
     # -- reading ---------------------------------------------------------------
 
@@ -1013,6 +1208,10 @@ class Stream(EventEmitter):
     setTimeout = set_timeout
     setNoDelay = set_no_delay
     setKeepAlive = set_keep_alive
+    setSecure = set_secure
+    verifyPeer = verify_peer
+    getPeerCertificate = get_peer_certificate
+    authorizationError = authorization_error
     addListener = EventEmitter.on
     removeListener = EventEmitter.off
     remove_listener = EventEmitter.off

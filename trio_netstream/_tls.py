@@ -1,0 +1,399 @@
+"""TLS: a half-closable TLS transport, peer verification and certificate fields.
+
+How this works
+--------------
+
+:class:`TLSTransport` runs an ``ssl.SSLObject`` over two memory BIOs on top
+of the plaintext transport (a ``trio.SocketStream``). It is a
+``trio.abc.HalfCloseableStream``, which ``trio.SSLStream`` is not: Node's
+``end()`` on a TLS socket sends close_notify and keeps *reading* until the
+peer ends, and OpenSSL allows that only if no unread record is waiting in the
+incoming BIO when close_notify is sent (otherwise it fails with
+``APPLICATION_DATA_AFTER_CLOSE_NOTIFY``). So :meth:`TLSTransport.receive_some`
+decrypts everything it fed into the BIO before it returns or waits again,
+and :meth:`TLSTransport.send_eof` can always send close_notify, then FIN.
+
+Sends of the reader (handshake, alerts, key-update replies) and of the
+writer go through one lock, so ciphertext leaves in the order OpenSSL made
+it. The reader is the only task that reads the plaintext transport.
+
+A context is applied to an ``SSLObject`` when it is created (OpenSSL copies
+the verify mode then), so a per-connection verify mode is set on the
+context just around ``wrap_bio`` and restored at once: the caller's context
+is never left changed.
+
+Certificates are read with ``cryptography`` (the stdlib gives no fields for a
+certificate it did not verify), which also checks a peer that was let in
+with ``reject_unauthorized=False``, to say why it did not verify.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import hashlib
+import ipaddress
+import os
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import trio
+
+__all__ = ["TLSTransport", "Verification", "certificate_fields", "make_transport"]
+
+_CHUNK = 64 * 1024
+
+
+class TLSTransport(trio.abc.HalfCloseableStream):
+    """TLS over a plaintext Trio stream, with a real half-close."""
+
+    def __init__(
+        self,
+        raw: trio.abc.Stream,
+        ssl_object: ssl.SSLObject,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+    ) -> None:
+        self.raw = raw
+        self.ssl_object = ssl_object
+        self._incoming = incoming
+        self._outgoing = outgoing
+        self._send_lock = trio.StrictFIFOLock()
+        self._plain = bytearray()
+        self._eof = False
+        self._eof_sent = False
+
+    @property
+    def socket(self) -> trio.socket.SocketType | None:
+        return getattr(self.raw, "socket", None)
+
+    async def _flush(self) -> None:
+        if not self._outgoing.pending:
+            return
+        async with self._send_lock:
+            data = self._outgoing.read()
+            if data:
+                await self.raw.send_all(data)
+
+    async def do_handshake(self) -> None:
+        """Run the handshake to the end.
+
+        Raises:
+            ssl.SSLError: the handshake failed (the alert is sent first).
+            ConnectionResetError: the peer closed the connection mid-handshake.
+        """
+        while True:
+            try:
+                self.ssl_object.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                data = await self.raw.receive_some(_CHUNK)
+                if not data:
+                    raise ConnectionResetError(
+                        errno.ECONNRESET, "the peer closed the connection during the TLS handshake"
+                    ) from None
+                self._incoming.write(data)
+                continue
+            except ssl.SSLError:
+                with trio.move_on_after(1), _ignore_transport_errors():
+                    await self._flush()  # tell the peer why (the alert)
+                raise
+            await self._flush()
+            return
+
+    def _decrypt(self) -> None:
+        """Decrypt every whole record in the incoming BIO (see module docstring)."""
+        while True:
+            try:
+                piece = self.ssl_object.read(_CHUNK)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLZeroReturnError:  # the peer's close_notify
+                self._eof = True
+                return
+            if not piece:
+                self._eof = True
+                return
+            self._plain += piece
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        limit = _CHUNK if max_bytes is None else max_bytes
+        while True:
+            if self._plain:
+                data = bytes(self._plain[:limit])
+                del self._plain[:limit]
+                return data
+            if self._eof:
+                return b""
+            await self._flush()  # replies OpenSSL produced while reading
+            received = await self.raw.receive_some(_CHUNK)
+            if not received:
+                # TCP EOF without close_notify: an end all the same, as in Node.
+                self._eof = True
+                return b""
+            self._incoming.write(received)
+            self._decrypt()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof_sent:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+        view = memoryview(data)
+        for start in range(0, len(view), 4 * _CHUNK):
+            self.ssl_object.write(view[start : start + 4 * _CHUNK])
+            await self._flush()
+        if not view:
+            await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.raw.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        """Send close_notify, then FIN; reading goes on until the peer ends."""
+        if self._eof_sent:
+            await trio.lowlevel.checkpoint()
+            return
+        self._eof_sent = True
+        try:
+            self.ssl_object.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # sent ours; the peer's comes through receive_some
+        await self._flush()
+        if isinstance(self.raw, trio.abc.HalfCloseableStream):
+            await self.raw.send_eof()
+
+    async def aclose(self) -> None:
+        await self.raw.aclose()
+
+
+@contextmanager
+def _ignore_transport_errors() -> Iterator[None]:
+    try:
+        yield
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+@contextmanager
+def _verify_mode(
+    context: ssl.SSLContext, verify_mode: ssl.VerifyMode | None, check_hostname: bool | None
+) -> Iterator[None]:
+    """Set a verify mode on *context* for one ``wrap_bio`` call, then restore it."""
+    saved = (context.verify_mode, context.check_hostname)
+    try:
+        if check_hostname is not None:
+            context.check_hostname = check_hostname
+        if verify_mode is not None:
+            context.verify_mode = verify_mode
+        yield
+    finally:
+        context.check_hostname = False
+        context.verify_mode = saved[0]
+        context.check_hostname = saved[1]
+
+
+@attrs.frozen
+class Verification:
+    """What the handshake proved about the peer."""
+
+    verified: bool
+    error: str | None
+
+
+def default_client_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    return context
+
+
+def make_transport(
+    raw: trio.abc.Stream,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    server_hostname: str | None,
+    reject_unauthorized: bool,
+) -> TLSTransport:
+    """A :class:`TLSTransport` whose verify mode fits *reject_unauthorized*.
+
+    Client side: by default the handshake verifies the server (and its name
+    when *server_hostname* is given); with ``reject_unauthorized=False`` it
+    does not, and :func:`verify` says afterwards why the peer did not pass.
+    Server side: a context holding CA certificates requests a client
+    certificate (OpenSSL then also checks one that is presented).
+    """
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    verify_mode: ssl.VerifyMode | None = None
+    check_hostname: bool | None = None
+    if server_side:
+        if context.verify_mode == ssl.CERT_NONE and context.get_ca_certs():
+            verify_mode = ssl.CERT_OPTIONAL
+    elif not reject_unauthorized:
+        verify_mode, check_hostname = ssl.CERT_NONE, False
+    elif server_hostname is None and context.check_hostname:
+        check_hostname = False  # nothing to check the name against (a UNIX path)
+    with _verify_mode(context, verify_mode, check_hostname):
+        ssl_object = context.wrap_bio(
+            incoming, outgoing, server_side=server_side, server_hostname=server_hostname
+        )
+    return TLSTransport(raw, ssl_object, incoming, outgoing)
+
+
+def _chain(ssl_object: ssl.SSLObject) -> list[bytes]:
+    """The peer's certificates (DER), leaf first, verified or not."""
+    getter = getattr(ssl_object, "get_unverified_chain", None) or getattr(
+        getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None
+    )
+    if getter is not None:
+        chain = getter() or []
+        return [
+            cert if isinstance(cert, bytes) else cert.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]  # _ssl.Certificate (3.10+)
+            for cert in chain
+        ]
+    leaf = ssl_object.getpeercert(binary_form=True)
+    return [leaf] if leaf else []
+
+
+def verify(
+    ssl_object: ssl.SSLObject,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    server_hostname: str | None,
+    reject_unauthorized: bool,
+) -> Verification:
+    """Whether the peer's certificate verified, and if not, why."""
+    chain = _chain(ssl_object)
+    if not chain:
+        return Verification(False, "NO_PEER_CERTIFICATE: the peer sent no certificate")
+    if reject_unauthorized or server_side:
+        # OpenSSL verified it during the handshake, or the handshake failed.
+        return Verification(True, None)
+    return _verify_offline(chain, _trusted(context), server_hostname)
+
+
+def _trusted(context: ssl.SSLContext) -> list[bytes]:
+    cas: list[bytes] = list(context.get_ca_certs(binary_form=True))
+    if cas:
+        return cas
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and os.path.exists(candidate):
+            with open(candidate, "rb") as handle:
+                pem = handle.read()
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            return [c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(pem)]
+    return []
+
+
+def _verify_offline(chain: list[bytes], trusted: list[bytes], hostname: str | None) -> Verification:
+    from cryptography import x509
+    from cryptography.x509 import verification
+
+    leaf, *rest = (x509.load_der_x509_certificate(der) for der in chain)
+    if not trusted:
+        return Verification(False, "UNABLE_TO_GET_ISSUER_CERT_LOCALLY: no trusted CA certificates")
+    store = verification.Store([x509.load_der_x509_certificate(der) for der in trusted])
+    builder = verification.PolicyBuilder().store(store)
+    try:
+        if hostname:
+            try:
+                subject: Any = x509.IPAddress(ipaddress.ip_address(hostname))
+            except ValueError:
+                subject = x509.DNSName(hostname)
+            builder.build_server_verifier(subject).verify(leaf, rest)
+        else:
+            builder.build_client_verifier().verify(leaf, rest)
+    except verification.VerificationError as exc:
+        return Verification(False, _explain(str(exc), leaf))
+    return Verification(True, None)
+
+
+def _explain(message: str, leaf: Any) -> str:
+    """A Node-style code for a verification failure, then the details."""
+    lowered = message.lower()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if leaf.not_valid_after_utc < now:
+        code = "CERT_HAS_EXPIRED"
+    elif leaf.not_valid_before_utc > now:
+        code = "CERT_NOT_YET_VALID"
+    elif "subjectaltname" in lowered or "no matching" in lowered or "name" in lowered:
+        code = "ERR_TLS_CERT_ALTNAME_INVALID"
+    elif leaf.issuer == leaf.subject:
+        code = "DEPTH_ZERO_SELF_SIGNED_CERT"
+    else:
+        code = "UNABLE_TO_VERIFY_LEAF_SIGNATURE"
+    return f"{code}: {message}"
+
+
+def _name_dict(name: Any) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for attribute in name:
+        key = attribute.rfc4514_attribute_name
+        value = attribute.value if isinstance(attribute.value, str) else attribute.value.hex()
+        fields[key] = f"{fields[key]}\n{value}" if key in fields else value
+    return fields
+
+
+def _node_date(moment: datetime.datetime) -> str:
+    """OpenSSL's (and Node's) format: ``"Jan  1 00:00:00 2030 GMT"``."""
+    return f"{moment:%b} {moment.day:2d} {moment:%H:%M:%S %Y} GMT"
+
+
+def _alt_names(cert: Any) -> str | None:
+    from cryptography import x509
+
+    try:
+        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    names = []
+    for entry in extension.value:
+        if isinstance(entry, x509.DNSName):
+            names.append(f"DNS:{entry.value}")
+        elif isinstance(entry, x509.IPAddress):
+            names.append(f"IP Address:{entry.value}")
+        elif isinstance(entry, x509.RFC822Name):
+            names.append(f"email:{entry.value}")
+        elif isinstance(entry, x509.UniformResourceIdentifier):
+            names.append(f"URI:{entry.value}")
+    return ", ".join(names)
+
+
+def certificate_fields(der: bytes) -> dict[str, Any]:
+    """Node's ``getPeerCertificate()`` fields for one DER certificate."""
+    from cryptography import x509
+
+    cert = x509.load_der_x509_certificate(der)
+    serial = format(cert.serial_number, "X")
+    if len(serial) % 2:
+        serial = "0" + serial
+    fields: dict[str, Any] = {
+        "subject": _name_dict(cert.subject),
+        "issuer": _name_dict(cert.issuer),
+        "valid_from": _node_date(cert.not_valid_before_utc),
+        "valid_to": _node_date(cert.not_valid_after_utc),
+        "serial_number": serial,
+        "fingerprint": _fingerprint(hashlib.sha1(der).digest()),
+        "fingerprint256": _fingerprint(hashlib.sha256(der).digest()),
+        "subjectaltname": _alt_names(cert),
+        "raw": der,
+    }
+    # Node's camelCase spellings of the same fields.
+    fields["validFrom"] = fields["valid_from"]
+    fields["validTo"] = fields["valid_to"]
+    fields["serialNumber"] = fields["serial_number"]
+    return fields
+
+
+def _fingerprint(digest: bytes) -> str:
+    return ":".join(f"{byte:02X}" for byte in digest)
+
+
+def peer_certificate(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
+    der = ssl_object.getpeercert(binary_form=True)
+    return None if not der else certificate_fields(der)
