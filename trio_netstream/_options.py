@@ -104,3 +104,9 @@ class ServerOptions:
     def _check_max(self, _attr: object, value: object) -> None:
         if value is not None:
             _non_negative_int("max_connections")(self, _attr, value)
+
+    def __attrs_post_init__(self) -> None:
+        if self.stream.ssl is True:
+            raise ValueError("ssl=True is a client option; a server needs an ssl.SSLContext")
+        if self.stream.server_hostname is not None:
+            raise ValueError("server_hostname is a client option")
