@@ -91,7 +91,8 @@ def whole(data: bytes, encoding: str) -> str:
     if encoding == "utf8":
         return data.decode("utf-8", "replace")
     if encoding == "utf16le":
-        return data.decode("utf-16-le", "replace")
+        # Node's StringDecoder drops a lone trailing byte (half a code unit).
+        return data[: len(data) - len(data) % 2].decode("utf-16-le", "replace")
     if encoding == "latin1":
         return data.decode("latin-1")
     if encoding == "ascii":
@@ -279,6 +280,17 @@ def test_utf16le_split_code_unit_and_surrogate_pair() -> None:
     assert decoder.decode(data[4:]) == "😀"
     assert decoder.pending() == b""
     assert decoder.flush() == ""
+
+
+def test_utf16le_lone_trailing_byte_is_dropped_as_node_does() -> None:
+    decoder = get_decoder("utf16le")
+    assert decoder.decode("ab".encode("utf-16-le") + b"\x63") == "ab"
+    assert decoder.pending() == b"\x63"
+    assert decoder.flush() == ""
+    # Half a surrogate pair plus one byte: the unit that is whole becomes U+FFFD.
+    decoder = get_decoder("utf16le")
+    assert decoder.decode("😀".encode("utf-16-le")[:3]) == ""
+    assert decoder.flush() == "\ufffd"
 
 
 @pytest.mark.parametrize(

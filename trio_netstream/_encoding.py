@@ -87,15 +87,21 @@ class Decoder(Protocol):
 class _CodecDecoder:
     """UTF-8 and UTF-16LE through the stdlib incremental decoders."""
 
-    __slots__ = ("_decoder",)
+    __slots__ = ("_decoder", "_odd_tail_dropped")
 
     def __init__(self, codec: str) -> None:
         self._decoder = codecs.getincrementaldecoder(codec)(errors="replace")
+        self._odd_tail_dropped = codec == "utf-16-le"
 
     def decode(self, data: bytes) -> str:
         return self._decoder.decode(data)
 
     def flush(self) -> str:
+        held = self.pending()
+        if self._odd_tail_dropped and len(held) % 2:
+            # UTF-16LE: Node drops a lone trailing byte (half a code unit) at the end.
+            self._decoder.reset()
+            return self._decoder.decode(held[:-1], final=True)
         return self._decoder.decode(b"", final=True)
 
     def pending(self) -> bytes:

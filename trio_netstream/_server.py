@@ -222,10 +222,10 @@ class Server(EventEmitter):
         nursery = self._block.nursery
         if nursery is None:
             raise StreamStateError("listen() needs the server's async with block to be running")
-        if self._listening:
-            raise StreamStateError("listen() is not allowed: the server is already listening")
         if self._closing:
             raise StreamStateError("listen() is not allowed: the server is closing")
+        if self._listening:
+            raise StreamStateError("listen() is not allowed: the server is already listening")
         self._listening = True
         try:
             with transport_errors():

@@ -122,6 +122,7 @@ class _Conn:
     io_nursery: trio.Nursery | None = None
     read_scope: trio.CancelScope | None = None
     in_receive: bool = False
+    read_stopped: bool = False
     timer_running: bool = False
     peer: tuple[str | None, int | None, str | None] = (None, None, None)
     local: tuple[str | None, int | None] = (None, None)
@@ -376,9 +377,14 @@ class Stream(EventEmitter):
             candidates = [(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM, 0, target.path)]
         else:
             with transport_errors():
-                infos = await trio.socket.getaddrinfo(
-                    target.host, target.port, type=_stdlib_socket.SOCK_STREAM
-                )
+                try:
+                    infos = await trio.socket.getaddrinfo(
+                        target.host, target.port, type=_stdlib_socket.SOCK_STREAM
+                    )
+                except UnicodeError as exc:  # not a valid host name (IDNA): not found
+                    raise _stdlib_socket.gaierror(
+                        _stdlib_socket.EAI_NONAME, f"invalid host name {target.host!r}: {exc}"
+                    ) from exc
             candidates = [(family, kind, proto, addr) for family, kind, proto, _, addr in infos]
         last_error: BaseException | None = None
         for family, kind, proto, address in candidates:
@@ -420,6 +426,8 @@ class Stream(EventEmitter):
                 await self._deliver(held)
             if eof:
                 break
+        if conn.read_stopped:
+            return  # no FIN came from the peer: no 'end'
         if self._carry:
             await self._deliver(b"")
         if self._decoder is not None:
@@ -459,6 +467,7 @@ class Stream(EventEmitter):
                 raise TransportError(translate(exc)) from None
             except trio.ClosedResourceError as exc:
                 if conn.wrote_eof:  # we closed a transport without send_eof() after end()
+                    conn.read_stopped = True
                     return True, None
                 raise TransportError(translate(exc)) from None
             finally:
@@ -677,19 +686,26 @@ class Stream(EventEmitter):
         if error is not None:
             handled_by_iterator = self._feed is not None and self._feed.finish(error)
             if self.listener_count("error"):
-                await self._emit("error", error)
+                await self._emit_final("error", error)
             elif not handled_by_iterator:
                 unhandled = True
         elif self._feed is not None:
             self._feed.finish(None)
         self._sm.apply(Input.CLOSED)
         try:
-            await self._emit("close", error is not None)
+            await self._emit_final("close", error is not None)
         finally:
             conn.closed.set()
             if unhandled:
                 assert error is not None
                 self._owner.unhandled_error(self, error)
+
+    async def _emit_final(self, event: str, *args: object) -> None:
+        """Emit ``'error'`` / ``'close'``: a listener's exception goes to the owner."""
+        try:
+            await self._emit(event, *args)
+        except Exception as exc:
+            self._owner.listener_failed(exc)
 
     def _fail(self, conn: _Conn, error: BaseException) -> None:
         """Record a network failure (the first one wins) and stop the I/O."""

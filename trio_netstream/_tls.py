@@ -291,43 +291,89 @@ def _trusted(context: ssl.SSLContext) -> list[bytes]:
 
 
 def _verify_offline(chain: list[bytes], trusted: list[bytes], hostname: str | None) -> Verification:
-    from cryptography import x509
-    from cryptography.x509 import verification
+    """Check a chain the handshake let in unverified, by OpenSSL's rules.
 
-    leaf, *rest = (x509.load_der_x509_certificate(der) for der in chain)
-    if not trusted:
-        return Verification(False, "UNABLE_TO_GET_ISSUER_CERT_LOCALLY: no trusted CA certificates")
-    store = verification.Store([x509.load_der_x509_certificate(der) for der in trusted])
-    builder = verification.PolicyBuilder().store(store)
-    try:
-        if hostname:
-            try:
-                subject: Any = x509.IPAddress(ipaddress.ip_address(hostname))
-            except ValueError:
-                subject = x509.DNSName(hostname)
-            builder.build_server_verifier(subject).verify(leaf, rest)
-        else:
-            builder.build_client_verifier().verify(leaf, rest)
-    except verification.VerificationError as exc:
-        return Verification(False, _explain(str(exc), leaf))
+    The chain is built from the leaf through the certificates the peer sent
+    to a trusted CA (signatures checked), then the validity dates, then the
+    host name; the first failure is reported with OpenSSL's (Node's) code.
+    """
+    from cryptography import x509
+
+    certs = [x509.load_der_x509_certificate(der) for der in chain]
+    anchors = [x509.load_der_x509_certificate(der) for der in trusted]
+    leaf = certs[0]
+    path = [leaf]
+    current = leaf
+    while True:
+        anchor = _issuer(current, anchors)
+        if anchor is not None:
+            path.append(anchor)
+            break
+        parent = _issuer(current, [c for c in certs if c not in path])
+        if parent is None:
+            if current.issuer == current.subject:
+                code = (
+                    "DEPTH_ZERO_SELF_SIGNED_CERT"
+                    if current is leaf
+                    else "SELF_SIGNED_CERT_IN_CHAIN"
+                )
+                return Verification(False, f"{code}: self-signed certificate")
+            return Verification(
+                False, "UNABLE_TO_GET_ISSUER_CERT_LOCALLY: unable to get local issuer certificate"
+            )
+        path.append(parent)
+        current = parent
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for cert in path:
+        if cert.not_valid_after_utc < now:
+            return Verification(False, "CERT_HAS_EXPIRED: certificate has expired")
+        if cert.not_valid_before_utc > now:
+            return Verification(False, "CERT_NOT_YET_VALID: certificate is not yet valid")
+    if hostname and not _name_matches(leaf, hostname):
+        return Verification(
+            False,
+            "ERR_TLS_CERT_ALTNAME_INVALID: Hostname/IP does not match certificate's altnames: "
+            f"{hostname!r} is not in {_alt_names(leaf)!r}",
+        )
     return Verification(True, None)
 
 
-def _explain(message: str, leaf: Any) -> str:
-    """A Node-style code for a verification failure, then the details."""
-    lowered = message.lower()
-    now = datetime.datetime.now(datetime.timezone.utc)
-    if leaf.not_valid_after_utc < now:
-        code = "CERT_HAS_EXPIRED"
-    elif leaf.not_valid_before_utc > now:
-        code = "CERT_NOT_YET_VALID"
-    elif "subjectaltname" in lowered or "no matching" in lowered or "name" in lowered:
-        code = "ERR_TLS_CERT_ALTNAME_INVALID"
-    elif leaf.issuer == leaf.subject:
-        code = "DEPTH_ZERO_SELF_SIGNED_CERT"
-    else:
-        code = "UNABLE_TO_VERIFY_LEAF_SIGNATURE"
-    return f"{code}: {message}"
+def _issuer(cert: Any, pool: list[Any]) -> Any:
+    """The certificate in *pool* that issued and signed *cert*, or ``None``."""
+    for candidate in pool:
+        if candidate.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(candidate)
+        except Exception:  # wrong key, bad signature, unsupported algorithm
+            continue
+        return candidate
+    return None
+
+
+def _name_matches(cert: Any, hostname: str) -> bool:
+    """RFC 6125 matching of *hostname* against the subjectAltName entries."""
+    from cryptography import x509
+
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        address = ipaddress.ip_address(hostname)
+    except ValueError:
+        address = None
+    if address is not None:
+        return address in names.get_values_for_type(x509.IPAddress)
+    wanted = hostname.rstrip(".").lower().split(".")
+    for pattern in names.get_values_for_type(x509.DNSName):
+        labels = pattern.rstrip(".").lower().split(".")
+        if len(labels) != len(wanted):
+            continue
+        first_ok = labels[0] == wanted[0] or (labels[0] == "*" and len(labels) > 2)
+        if first_ok and labels[1:] == wanted[1:]:
+            return True
+    return False
 
 
 def _name_dict(name: Any) -> dict[str, str]:
