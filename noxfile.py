@@ -48,3 +48,10 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".", "mypy", "typing_extensions", "exceptiongroup")
     session.run("mypy", "--strict", "trio_netstream")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (minutes); writes docs/performance.md and .png."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "trio_netstream", "bench", *session.posargs)

@@ -86,11 +86,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     run_demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
     run_demo.add_argument("--port", type=int, default=0, help="port (0: any free port)")
+    commands.add_parser(
+        "bench",
+        help="benchmarks against raw trio, asyncio and Node.js (bench --help for options)",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["bench"]:
+        from ._bench import main as bench_main
+
+        return bench_main(words[1:])
+    args = _parser().parse_args(words)
     try:
         if args.command == "demo":
             trio.run(demo, args.port, args.host)
