@@ -37,6 +37,20 @@ def _only_cancelled(exc: BaseException) -> bool:
     return False
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _lone_exception(exc: BaseException) -> BaseException | None:
+    """The one exception that is not a cancellation inside (nested) groups."""
+    real = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    if len(real) == 1 and real[0] is not exc:
+        return real[0]
+    return None
+
+
 class Block:
     """One ``async with`` run: a nursery, and the first failure to re-raise."""
 
@@ -92,7 +106,11 @@ class Block:
         try:
             await manager.__aexit__(None, None, None)
         except BaseException as children:
-            # Our tasks raise nothing but cancellation; never hide anything else.
+            # Our tasks raise nothing but cancellation and BaseExceptions such
+            # as KeyboardInterrupt; those come out unwrapped, as they were.
+            lone = _lone_exception(children)
+            if lone is not None:
+                raise lone from None
             if exc is None or not _only_cancelled(children):
                 raise
         finally:

@@ -90,8 +90,11 @@ class _CodecDecoder:
     __slots__ = ("_decoder", "_odd_tail_dropped")
 
     def __init__(self, codec: str) -> None:
-        self._decoder = codecs.getincrementaldecoder(codec)(errors="replace")
-        self._odd_tail_dropped = codec == "utf-16-le"
+        utf16 = codec == "utf-16-le"
+        # UTF-16LE: Node keeps lone surrogates as they are (JS strings hold them).
+        errors = "surrogatepass" if utf16 else "replace"
+        self._decoder = codecs.getincrementaldecoder(codec)(errors=errors)
+        self._odd_tail_dropped = utf16
 
     def decode(self, data: bytes) -> str:
         return self._decoder.decode(data)

@@ -434,6 +434,8 @@ class Stream(EventEmitter):
             tail = self._decoder.flush()
             if tail:
                 await self._deliver_decoded(tail)
+        if not self._sm.can(Input.PEER_END):
+            return  # the stream failed or was destroyed meanwhile (e.g. the writer's EPIPE)
         self._sm.apply(Input.PEER_END)
         if self._feed is not None:
             self._feed.finish(None)

@@ -35,6 +35,7 @@ import hashlib
 import ipaddress
 import os
 import ssl
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -71,11 +72,16 @@ class TLSTransport(trio.abc.HalfCloseableStream):
         return getattr(self.raw, "socket", None)
 
     async def _flush(self) -> None:
-        if not self._outgoing.pending:
-            return
-        async with self._send_lock:
-            data = self._outgoing.read()
-            if data:
+        """Send what the last SSL call produced.
+
+        The bytes are taken synchronously, right after that call, and the
+        FIFO lock is queued for without a yield in between, so ciphertext
+        leaves in the order OpenSSL made it, and each task sends only its
+        own: the reader never blocks on the writer's bulk data.
+        """
+        data = self._outgoing.read()
+        if data:
+            async with self._send_lock:
                 await self.raw.send_all(data)
 
     async def do_handshake(self) -> None:
@@ -102,6 +108,9 @@ class TLSTransport(trio.abc.HalfCloseableStream):
                     await self._flush()  # tell the peer why (the alert)
                 raise
             await self._flush()
+            # Application data can come in the same read as the peer's last
+            # handshake message (TLS 1.3: the client's Finished, then data).
+            self._decrypt()
             return
 
     def _decrypt(self) -> None:
@@ -177,12 +186,18 @@ def _ignore_transport_errors() -> Iterator[None]:
 
 
 @contextmanager
-def _verify_mode(
+def _for_one_connection(
     context: ssl.SSLContext, verify_mode: ssl.VerifyMode | None, check_hostname: bool | None
 ) -> Iterator[None]:
-    """Set a verify mode on *context* for one ``wrap_bio`` call, then restore it."""
-    saved = (context.verify_mode, context.check_hostname)
+    """Adjust *context* for one ``wrap_bio`` call, then restore it.
+
+    OpenSSL copies the verify mode and the options into the new connection,
+    so this sets them per connection: a verify mode fitting
+    ``reject_unauthorized``, and renegotiation refused.
+    """
+    saved = (context.verify_mode, context.check_hostname, context.options)
     try:
+        context.options |= _NO_RENEGOTIATION
         if check_hostname is not None:
             context.check_hostname = check_hostname
         if verify_mode is not None:
@@ -192,6 +207,8 @@ def _verify_mode(
         context.check_hostname = False
         context.verify_mode = saved[0]
         context.check_hostname = saved[1]
+        if not saved[2] & _NO_RENEGOTIATION:
+            context.options &= ~_NO_RENEGOTIATION
 
 
 @attrs.frozen
@@ -202,10 +219,11 @@ class Verification:
     error: str | None
 
 
+_NO_RENEGOTIATION = getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+
+
 def default_client_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
-    return context
+    return ssl.create_default_context()
 
 
 def make_transport(
@@ -234,7 +252,7 @@ def make_transport(
         verify_mode, check_hostname = ssl.CERT_NONE, False
     elif server_hostname is None and context.check_hostname:
         check_hostname = False  # nothing to check the name against (a UNIX path)
-    with _verify_mode(context, verify_mode, check_hostname):
+    with _for_one_connection(context, verify_mode, check_hostname):
         ssl_object = context.wrap_bio(
             incoming, outgoing, server_side=server_side, server_hostname=server_hostname
         )
@@ -281,13 +299,35 @@ def _trusted(context: ssl.SSLContext) -> list[bytes]:
     paths = ssl.get_default_verify_paths()
     for candidate in (paths.cafile, paths.openssl_cafile):
         if candidate and os.path.exists(candidate):
-            with open(candidate, "rb") as handle:
-                pem = handle.read()
-            from cryptography import x509
-            from cryptography.hazmat.primitives.serialization import Encoding
-
-            return [c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(pem)]
+            return _system_anchors(candidate)
     return []
+
+
+def _system_anchors(path: str) -> list[bytes]:
+    """The CA certificates of a PEM bundle, as DER; ones that cannot be parsed
+    (a system store may hold a legacy certificate) are left out."""
+    with open(path, "rb") as handle:
+        pem = handle.read()
+    marker = b"-----END CERTIFICATE-----"
+    anchors = []
+    for block in pem.split(marker)[:-1]:
+        start = block.find(b"-----BEGIN CERTIFICATE-----")
+        if start < 0:
+            continue
+        try:
+            anchors.append(ssl.PEM_cert_to_DER_cert((block[start:] + marker).decode("ascii")))
+        except ValueError:
+            continue
+    return anchors
+
+
+def _load_certificate(der: bytes) -> Any:
+    from cryptography import x509
+
+    with warnings.catch_warnings():
+        # A legacy certificate (e.g. a negative serial number) still loads.
+        warnings.simplefilter("ignore")
+        return x509.load_der_x509_certificate(der)
 
 
 def _verify_offline(chain: list[bytes], trusted: list[bytes], hostname: str | None) -> Verification:
@@ -297,10 +337,14 @@ def _verify_offline(chain: list[bytes], trusted: list[bytes], hostname: str | No
     to a trusted CA (signatures checked), then the validity dates, then the
     host name; the first failure is reported with OpenSSL's (Node's) code.
     """
-    from cryptography import x509
 
-    certs = [x509.load_der_x509_certificate(der) for der in chain]
-    anchors = [x509.load_der_x509_certificate(der) for der in trusted]
+    certs = [_load_certificate(der) for der in chain]
+    anchors = []
+    for der in trusted:
+        try:
+            anchors.append(_load_certificate(der))
+        except ValueError:  # not a certificate cryptography can read: not an anchor
+            continue
     leaf = certs[0]
     path = [leaf]
     current = leaf
