@@ -718,7 +718,10 @@ async def test_end_flushes_a_large_queued_write_before_fin(
             async with stream:
                 pass
 
-        assert at_end_call == [False, "readOnly", 4 * MiB]
+        # write() may hand the kernel what fits at once (try-write); the rest is
+        # queued, and end() must flush it before FIN.
+        assert at_end_call[:2] == [False, "readOnly"]
+        assert 0 < at_end_call[2] <= 4 * MiB
         assert len(got) == 1 and len(got[0]) == len(payload)
         assert got[0] == payload
         assert rec.events == ["connect", "end", ("close", False)]

@@ -34,6 +34,7 @@ from ._block import Block
 from ._emitter import EventEmitter
 from ._errors import StreamStateError, TransportError, translate, transport_errors
 from ._options import ServerOptions, StreamOptions, check_port, is_path
+from ._socket import SocketTransport
 from ._stream import Stream
 
 if TYPE_CHECKING:
@@ -229,16 +230,16 @@ class Server(EventEmitter):
         self._listening = True
         try:
             with transport_errors():
-                listener = await self._bind(port, host, backlog, reuse_port, sock)
+                plain = await self._bind(port, host, backlog, reuse_port, sock)
         except TransportError as failure:
             self._listening = False
             raise failure.error from None
         except BaseException:
             self._listening = False
             raise
-        self._socket = listener
+        self._socket = listener = trio.socket.from_stdlib_socket(plain)
         self._address = self._read_address(listener)
-        await nursery.start(self._accept_loop, listener)
+        await nursery.start(self._accept_loop, plain)
 
     async def _bind(
         self,
@@ -247,17 +248,19 @@ class Server(EventEmitter):
         backlog: int,
         reuse_port: bool,
         sock: _stdlib_socket.socket | None,
-    ) -> trio.socket.SocketType:
+    ) -> _stdlib_socket.socket:
+        """A bound, listening, non-blocking stdlib socket (accepted from directly)."""
         if sock is not None:
-            listener = trio.socket.from_stdlib_socket(sock)
-            if not listener.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN):
-                listener.listen(backlog)
-            return listener
+            sock.setblocking(False)
+            if not sock.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN):
+                sock.listen(backlog)
+            return sock
         if is_path(port):
             path = os.fspath(port)  # type: ignore[arg-type]  # is_path checked it
-            listener = trio.socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
+            listener = _stdlib_socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
+            listener.setblocking(False)
             try:
-                await listener.bind(path)
+                listener.bind(path)
                 listener.listen(backlog)
             except BaseException:
                 listener.close()
@@ -277,14 +280,15 @@ class Server(EventEmitter):
             candidates = [(family, address) for family, _, _, _, address in infos]
         last_error: OSError | None = None
         for family, address in candidates:
-            listener = trio.socket.socket(family, _stdlib_socket.SOCK_STREAM)
+            listener = _stdlib_socket.socket(family, _stdlib_socket.SOCK_STREAM)
+            listener.setblocking(False)
             try:
                 listener.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
                 if reuse_port:
                     listener.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
                 if family == _stdlib_socket.AF_INET6 and host is None:
                     listener.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 0)
-                await listener.bind(address)
+                listener.bind(address)
                 listener.listen(backlog)
             except OSError as exc:
                 listener.close()
@@ -308,7 +312,7 @@ class Server(EventEmitter):
 
     async def _accept_loop(
         self,
-        listener: trio.socket.SocketType,
+        listener: _stdlib_socket.socket,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         with trio.CancelScope() as scope:
@@ -319,17 +323,24 @@ class Server(EventEmitter):
                 task_status.started()
             while True:
                 try:
-                    sock, _ = await listener.accept()
-                except trio.ClosedResourceError:
-                    return  # close() closed the socket under us
+                    sock, _ = listener.accept()
+                except BlockingIOError:
+                    try:
+                        await trio.lowlevel.wait_readable(listener)
+                    except trio.ClosedResourceError:
+                        return  # close() closed the socket under us
+                    continue
                 except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        return  # closed under us
                     if exc.errno in _RETRY_ACCEPT:
                         logger.warning("accept() failed, retrying: %s", exc)
                         await trio.sleep(_RETRY_DELAY)
                         continue
                     await self._accept_failed(translate(exc))
                     return
-                self._accepted(trio.SocketStream(sock))
+                self._accepted(SocketTransport(sock))
+                await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
 
     async def _accept_failed(self, error: BaseException) -> None:
         """A lasting accept() failure: ``'error'`` (or the block fails), then close."""
@@ -347,7 +358,7 @@ class Server(EventEmitter):
         except Exception as exc:  # a listener raised
             self.listener_failed(exc)
 
-    def _accepted(self, transport: trio.SocketStream) -> None:
+    def _accepted(self, transport: SocketTransport) -> None:
         limit = self._options.max_connections
         if limit is not None and len(self._connections) >= limit:
             transport.socket.close()

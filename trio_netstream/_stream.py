@@ -41,7 +41,7 @@ import os
 import socket as _stdlib_socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 import attrs
@@ -52,6 +52,7 @@ from ._emitter import EventEmitter
 from ._encoding import Decoder, encode, get_decoder
 from ._errors import StreamStateError, TransportError, translate, transport_errors
 from ._options import StreamOptions, check_number, check_port, check_timeout_ms, is_path
+from ._socket import SocketTransport
 from ._state import WRITABLE, WRITE_ENDED, Input, State, StateMachine
 from ._tls import (
     TLSTransport,
@@ -127,6 +128,7 @@ class _Conn:
     peer: tuple[str | None, int | None, str | None] = (None, None, None)
     local: tuple[str | None, int | None] = (None, None)
     upgrade: _Upgrade | None = None
+    direct: SocketTransport | None = None  # set while write() may send at once
     plain_queue: list[bytes] = attrs.Factory(list)
     tls: TLSTransport | None = None
     verification: Verification | None = None
@@ -259,6 +261,8 @@ class Stream(EventEmitter):
 
     def _adopt(self, transport: trio.abc.Stream) -> None:
         conn = _Conn(target=None, transport=transport)
+        if isinstance(transport, SocketTransport):
+            conn.direct = transport
         self._conn = conn
         self._sm.state = State.OPEN
         self._note_addresses(conn)
@@ -281,6 +285,7 @@ class Stream(EventEmitter):
         if hostname is None and not self._server_side and conn.target is not None:
             hostname = conn.target.host if conn.target.path is None else None
         conn.upgrade = _Upgrade(context, self._server_side, hostname, True)
+        conn.direct = None
 
     # -- structured lifecycle --------------------------------------------
 
@@ -350,6 +355,8 @@ class Stream(EventEmitter):
         if conn.transport is None:
             assert conn.target is not None
             conn.transport = await self._open(conn.target)
+            if conn.upgrade is None:
+                conn.direct = conn.transport
             self._note_addresses(conn)
             self._apply_socket_options()
             connected = True
@@ -371,7 +378,7 @@ class Stream(EventEmitter):
         except Exception as exc:  # a listener raised
             self._owner.listener_failed(exc)
 
-    async def _open(self, target: _Target) -> trio.SocketStream:
+    async def _open(self, target: _Target) -> SocketTransport:
         candidates: list[tuple[int, int, int, Any]]
         if target.path is not None:
             candidates = [(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM, 0, target.path)]
@@ -388,7 +395,9 @@ class Stream(EventEmitter):
             candidates = [(family, kind, proto, addr) for family, kind, proto, _, addr in infos]
         last_error: BaseException | None = None
         for family, kind, proto, address in candidates:
-            sock = trio.socket.socket(family, kind, proto)
+            plain = _stdlib_socket.socket(family, kind, proto)
+            plain.setblocking(False)
+            sock = trio.socket.from_stdlib_socket(plain)
             try:
                 with transport_errors():
                     await sock.connect(address)
@@ -399,7 +408,7 @@ class Stream(EventEmitter):
             except BaseException:
                 sock.close()
                 raise
-            return trio.SocketStream(sock)
+            return SocketTransport(plain, sock)
         assert last_error is not None
         raise last_error
 
@@ -485,6 +494,21 @@ class Stream(EventEmitter):
                 return False, data
             if self._paused:
                 await self._wait_resumed()
+            lock = self._emit_lock
+            if (
+                self._decoder is None
+                and self._feed is None
+                and not self._unconsumed
+                and not self._carry
+                and (lock is None or not lock.locked())
+            ):
+                # The common case, inline: bytes straight to the 'data' listeners.
+                entries = self._events.get("data")
+                if entries is not None:
+                    pending = self._run("data", entries, 0, (data,))
+                    if pending is not None:
+                        await self._finish_emission(pending)
+                    continue
             await self._deliver(data)
 
     def _has_consumer(self) -> bool:
@@ -614,6 +638,13 @@ class Stream(EventEmitter):
                             if self._sm.state not in WRITE_ENDED:  # as Node: none after end()
                                 await self._emit("drain")
                     continue
+                if conn.need_drain and self._sm.state is not State.OPENING:
+                    # Everything write() took went out at once (try-write).
+                    conn.need_drain = False
+                    if self._sm.state not in WRITE_ENDED:
+                        await self._emit("drain")
+                    conn.flushed_lot.unpark_all()
+                    continue
                 if self._sm.state in (State.READ_ONLY, State.ENDED):
                     conn.wrote_eof = True
                     with transport_errors(sending=True):
@@ -677,6 +708,7 @@ class Stream(EventEmitter):
         conn.queue.clear()
         conn.queued = 0
         conn.flushed_lot.unpark_all()
+        conn.direct = None
         transport, conn.transport = conn.transport, None
         if transport is not None:
             # Shielded and bounded: also when the owner's scope is cancelled,
@@ -711,6 +743,12 @@ class Stream(EventEmitter):
 
     def _fail(self, conn: _Conn, error: BaseException) -> None:
         """Record a network failure (the first one wins) and stop the I/O."""
+        if isinstance(error, BrokenPipeError):
+            raw = getattr(conn.transport, "raw", conn.transport)
+            if isinstance(raw, SocketTransport):
+                reset = raw.reset_error()
+                if reset is not None:
+                    error = translate(reset)  # what Node reports: its read sees the reset
         if conn.error is None and not conn.destroyed:
             conn.error = error
             if self._sm.state is not State.DESTROYED:
@@ -727,13 +765,18 @@ class Stream(EventEmitter):
             return
         pending = self.emit(event, *args)
         if pending is not None:
-            if lock is None:
-                lock = self._emit_lock = trio.Lock()
-            lock.acquire_nowait()
-            try:
-                await pending
-            finally:
-                lock.release()
+            await self._finish_emission(pending)
+
+    async def _finish_emission(self, pending: Awaitable[None]) -> None:
+        """Await the async rest of an emission, keeping other emitters out."""
+        lock = self._emit_lock
+        if lock is None:
+            lock = self._emit_lock = trio.Lock()
+        lock.acquire_nowait()
+        try:
+            await pending
+        finally:
+            lock.release()
 
     # -- connecting --------------------------------------------------------
 
@@ -797,14 +840,33 @@ class Stream(EventEmitter):
         conn = self._conn
         assert conn is not None
         self._bytes_written += len(chunk)
+        # As Node: the answer counts the chunk as buffered, even if it can be
+        # sent at once below; 'drain' then follows from the writer task.
+        buffered = conn.queued + len(chunk)
+        accepted = state is not State.OPENING and (
+            buffered < self._options.high_water_mark or not buffered
+        )
+        if not accepted:
+            conn.need_drain = True
         if chunk:
+            direct = conn.direct
+            if direct is not None and not conn.queued and state is not State.OPENING:
+                # Nothing queued or in flight: send now, as libuv's try-write.
+                try:
+                    sent = direct.try_send(chunk)
+                except OSError:
+                    sent = 0  # the writer meets the error again and reports it
+                if self._timeout and sent:
+                    self._last_activity = trio.current_time()
+                if sent == len(chunk):
+                    if not accepted and "drain" in self._events:
+                        conn.writer_lot.unpark()  # to emit 'drain'
+                    return accepted
+                chunk = chunk[sent:]
             conn.queue.append(chunk)
             conn.queued += len(chunk)
             conn.writer_lot.unpark()
-        if state is State.OPENING or (conn.queued >= self._options.high_water_mark and conn.queued):
-            conn.need_drain = True
-            return False
-        return True
+        return accepted
 
     def end(
         self, data: bytes | bytearray | memoryview | str | None = None, encoding: str = "utf8"
@@ -843,6 +905,7 @@ class Stream(EventEmitter):
         if error is not None and conn.error is None:
             conn.error = error
         conn.destroyed = error is None
+        conn.direct = None
         conn.queue.clear()
         conn.queued = 0
         conn.need_drain = False
@@ -910,6 +973,7 @@ class Stream(EventEmitter):
         conn.upgrade = _Upgrade(
             context or default_client_context(), side, server_hostname, reject_unauthorized
         )
+        conn.direct = None
         conn.plain_queue, conn.queue = conn.queue, []
         conn.writer_lot.unpark()
         self._wake_reader(upgrade=True)
@@ -1115,7 +1179,8 @@ class Stream(EventEmitter):
     # -- Trio-native extras -----------------------------------------------------
 
     async def drain(self) -> None:
-        """Wait until every queued byte has been handed to the kernel.
+        """Wait until every queued byte has been handed to the kernel (and the
+        ``'drain'`` owed to a ``write()`` that returned ``False`` was emitted).
 
         Returns at once (after a checkpoint) when nothing is queued.
 
@@ -1132,8 +1197,15 @@ class Stream(EventEmitter):
                 raise conn.error
             if conn.destroyed:
                 raise StreamStateError("drain(): the stream was destroyed")
-            if conn.queued == 0 and self._sm.state not in (State.OPENING, State.OPENING_ENDED):
-                return
+            state = self._sm.state
+            if conn.queued == 0 and conn.need_drain and "drain" not in self._events:
+                conn.need_drain = False  # nobody listens for the 'drain' this owed
+            if (
+                conn.queued == 0
+                and state not in (State.OPENING, State.OPENING_ENDED)
+                and not (conn.need_drain and state not in WRITE_ENDED)
+            ):
+                return  # flushed, and the 'drain' a False write() promised came first
             await conn.flushed_lot.park()
 
     async def wait_closed(self) -> None:
@@ -1166,6 +1238,8 @@ class Stream(EventEmitter):
         super()._add(event, listener, once)
         if event == "data":
             self._wake_reader()
+        elif event == "drain" and self._conn is not None and self._conn.need_drain:
+            self._conn.writer_lot.unpark()  # Node's idiom: once('drain') after a False write()
 
     # -- typed registration ----------------------------------------------------
 

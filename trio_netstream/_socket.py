@@ -1,0 +1,114 @@
+"""The plaintext socket transport: a Trio stream that calls the socket directly.
+
+``trio.SocketStream`` wraps every call in a conflict detector, an error
+translator and the socket wrapper's own non-blocking helper. This transport
+does the same work with the stdlib socket object itself, keeps Trio's
+cancellation rules (a checkpoint on every call; a cancelled receive consumed
+nothing) and adds :meth:`SocketTransport.try_send`, the synchronous
+non-blocking send that ``write()`` uses when nothing is queued (libuv's
+try-write). Errors are the socket's own ``OSError``s; the stream translates
+them (``_errors``).
+
+The Trio socket wrapping the same object is kept as :attr:`socket`, for
+users and socket options; closing goes through it, so tasks waiting on the
+descriptor are woken first (``trio.lowlevel.notify_closing``).
+"""
+
+from __future__ import annotations
+
+import socket as _stdlib_socket
+
+import trio
+
+__all__ = ["SocketTransport"]
+
+_DEFAULT_RECEIVE = 64 * 1024
+
+
+class SocketTransport(trio.abc.HalfCloseableStream):
+    """A connected stdlib socket as a ``trio.abc.HalfCloseableStream``."""
+
+    __slots__ = ("_eof_sent", "_sock", "socket")
+
+    def __init__(
+        self, sock: _stdlib_socket.socket, trio_socket: trio.socket.SocketType | None = None
+    ):
+        sock.setblocking(False)
+        self._sock = sock
+        self.socket = trio.socket.from_stdlib_socket(sock) if trio_socket is None else trio_socket
+        self._eof_sent = False
+
+    def try_send(self, data: bytes) -> int:
+        """Send what the kernel takes now, without waiting; how many bytes went.
+
+        Raises:
+            OSError: the socket failed (not ``EAGAIN``, which returns 0).
+        """
+        try:
+            return self._sock.send(data)
+        except BlockingIOError:
+            return 0
+
+    def reset_error(self) -> ConnectionResetError | None:
+        """The reset a read would report now (without consuming data), if any.
+
+        After a failed send (``EPIPE``), Node reports the ``ECONNRESET`` its
+        read sees; this lets the stream do the same.
+        """
+        try:
+            self._sock.recv(1, _stdlib_socket.MSG_PEEK | _stdlib_socket.MSG_DONTWAIT)
+        except ConnectionResetError as exc:
+            return exc
+        except OSError:
+            return None
+        return None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        sock = self._sock
+        size = _DEFAULT_RECEIVE if max_bytes is None else max_bytes
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            data = sock.recv(size)
+        except BlockingIOError:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                continue
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sock = self._sock
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        total = len(data)
+        if sent == total:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        with memoryview(data) as view:
+            while sent < total:
+                await trio.lowlevel.wait_writable(sock)
+                try:
+                    sent += sock.send(view[sent:])
+                except BlockingIOError:
+                    continue
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.wait_writable(self._sock)
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if not self._eof_sent:
+            self._eof_sent = True
+            self._sock.shutdown(_stdlib_socket.SHUT_WR)
+
+    async def aclose(self) -> None:
+        self.socket.close()
+        await trio.lowlevel.checkpoint()
