@@ -717,3 +717,24 @@ async def test_node_aliases(record: Any) -> None:
             server.close()
         assert rec.events == ["connect", "data", "end", ("close", False)]
         assert rec.data == b"node names"
+
+
+async def test_a_closed_server_can_listen_again() -> None:
+    """As Node: after 'close', listen() works again, and a second 'close' follows."""
+    events: list[str] = []
+    with trio.fail_after(10):
+        async with net.create_server(lambda s: s.on("data", s.write).on("end", s.end)) as server:
+            server.on("listening", lambda: events.append("listening"))
+            server.on("close", lambda: events.append("close"))
+            await server.listen(0, "127.0.0.1")
+            server.close()
+            await server.wait_closed()
+            server.close()  # closed already: nothing more
+            await server.listen(0, "127.0.0.1")
+            address = server.address()
+            assert isinstance(address, tuple)
+            async with net.create_connection(address[1]) as client:
+                client.on("data", lambda chunk: client.end())
+                client.write(b"again")
+            server.close()
+    assert events == ["listening", "close", "listening", "close"]

@@ -1255,3 +1255,14 @@ async def test_once_listener_runs_once() -> None:
         stream.destroy()
     assert got == [b"one"]
     assert stream.listener_count("data") == 0
+
+
+async def test_sync_calls_return_the_stream_for_chaining() -> None:
+    """As Node: setEncoding/setTimeout/setNoDelay/setKeepAlive/pause/resume/end/destroy chain."""
+    left, _right = trio.testing.memory_stream_pair()
+    stream = net.Stream.wrap(left)
+    assert stream.setEncoding("utf8").setTimeout(0).setNoDelay(True).setKeepAlive(True, 1000) is stream
+    assert stream.pause().resume() is stream
+    assert stream.end() is stream
+    assert stream.destroy() is stream
+    assert stream.ready_state == "closed"

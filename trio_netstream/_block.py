@@ -87,7 +87,7 @@ class Block:
         self,
         exc: BaseException | None,
         wait_done: Callable[[], Awaitable[None]],
-        shut_down: Callable[[], None],
+        shut_down: Callable[[], object],
     ) -> bool:
         """Finish the block: wait normally, or *shut_down* on an exception.
 

@@ -228,6 +228,8 @@ class Server(EventEmitter):
         if self._listening:
             raise StreamStateError("listen() is not allowed: the server is already listening")
         self._listening = True
+        if self._closed.is_set():
+            self._closed = trio.Event()  # listening again after an earlier close()
         try:
             with transport_errors():
                 plain = await self._bind(port, host, backlog, reuse_port, sock)
@@ -420,7 +422,7 @@ class Server(EventEmitter):
 
         Open connections live on. Idempotent.
         """
-        if self._closing:
+        if self._closing or (self._closed.is_set() and not self._listening):
             return
         self._closing = True
         if self._accept_scope is not None:
@@ -450,6 +452,7 @@ class Server(EventEmitter):
         try:
             await self._emit("close")
         finally:
+            self._closing = False  # as Node: a closed server may listen() again
             self._closed.set()
 
     # -- properties -----------------------------------------------------------

@@ -870,7 +870,7 @@ class Stream(EventEmitter):
 
     def end(
         self, data: bytes | bytearray | memoryview | str | None = None, encoding: str = "utf8"
-    ) -> None:
+    ) -> Self:
         """Write *data* (if given), flush everything queued, then send FIN.
 
         ``ready_state`` becomes ``"readOnly"`` (or ``"closed"`` if the peer had
@@ -887,8 +887,9 @@ class Stream(EventEmitter):
             self._sm.apply(Input.END)
             assert self._conn is not None
             self._conn.writer_lot.unpark()
+        return self
 
-    def destroy(self, error: BaseException | None = None) -> None:
+    def destroy(self, error: BaseException | None = None) -> Self:
         """Close now, dropping queued writes; ``'close'`` follows (``'error'``
         first if *error* is given). Idempotent; does nothing on a stream with
         no connection. Cancels a connection attempt in progress.
@@ -900,7 +901,7 @@ class Stream(EventEmitter):
             raise TypeError(f"error must be an exception, not {type(error).__name__}")
         conn = self._conn
         if conn is None or not self._sm.can(Input.DESTROY):
-            return
+            return self
         self._sm.apply(Input.DESTROY)
         if error is not None and conn.error is None:
             conn.error = error
@@ -911,6 +912,7 @@ class Stream(EventEmitter):
         conn.need_drain = False
         conn.io_scope.cancel()
         conn.flushed_lot.unpark_all()
+        return self
 
     # -- TLS -------------------------------------------------------------------
 
@@ -1004,20 +1006,22 @@ class Stream(EventEmitter):
 
     # -- reading ---------------------------------------------------------------
 
-    def pause(self) -> None:
+    def pause(self) -> Self:
         """Stop ``'data'``: the socket is not read until :meth:`resume`."""
         self._paused = True
+        return self
 
-    def resume(self) -> None:
+    def resume(self) -> Self:
         """Restart ``'data'`` after :meth:`pause`."""
         self._paused = False
         self._wake_reader()
+        return self
 
     @property
     def is_paused(self) -> bool:
         return self._paused
 
-    def set_encoding(self, encoding: str | None = None) -> None:
+    def set_encoding(self, encoding: str | None = None) -> Self:
         """Deliver ``'data'`` as ``str`` decoded with *encoding* (``None``: bytes).
 
         Raises:
@@ -1030,10 +1034,11 @@ class Stream(EventEmitter):
         self._encoding = encoding
         # Bytes the old decoder held (a split character) go first into the new one.
         self._carry = held + self._carry
+        return self
 
     # -- timers and socket options ------------------------------------------------
 
-    def set_timeout(self, ms: float, callback: NoArgListener | None = None) -> None:
+    def set_timeout(self, ms: float, callback: NoArgListener | None = None) -> Self:
         """Emit ``'timeout'`` after *ms* milliseconds without reading or writing.
 
         ``0`` disables it. The stream is not closed by a timeout. *callback*
@@ -1056,20 +1061,22 @@ class Stream(EventEmitter):
                 self._start_timer(conn)
             if self._timer_lot is not None:
                 self._timer_lot.unpark_all()
+        return self
 
     @property
     def timeout(self) -> float:
         """The idle timeout in milliseconds (``0``: none)."""
         return self._timeout * 1000
 
-    def set_no_delay(self, no_delay: bool = True) -> None:
+    def set_no_delay(self, no_delay: bool = True) -> Self:
         """Disable (``True``) or enable Nagle's algorithm, now or on connect."""
         if not isinstance(no_delay, bool):
             raise TypeError(f"no_delay must be a bool, not {type(no_delay).__name__}")
         self._options = attrs.evolve(self._options, no_delay=no_delay)
         self._apply_socket_options()
+        return self
 
-    def set_keep_alive(self, enable: bool = False, initial_delay: float = 0) -> None:
+    def set_keep_alive(self, enable: bool = False, initial_delay: float = 0) -> Self:
         """Enable TCP keep-alive with *initial_delay* ms of idle time, now or on connect."""
         if not isinstance(enable, bool):
             raise TypeError(f"enable must be a bool, not {type(enable).__name__}")
@@ -1078,6 +1085,7 @@ class Stream(EventEmitter):
             self._options, keep_alive=enable, keep_alive_initial_delay=initial_delay
         )
         self._apply_socket_options()
+        return self
 
     def _apply_socket_options(self) -> None:
         sock = self.socket
