@@ -437,6 +437,7 @@ class Stream(EventEmitter):
                 break
         if conn.read_stopped:
             return  # no FIN came from the peer: no 'end'
+        await self._wait_resumed()  # the decoder's tail and 'end' come after data: not while paused
         if self._carry:
             await self._deliver(b"")
         if self._decoder is not None:
@@ -497,6 +498,7 @@ class Stream(EventEmitter):
             lock = self._emit_lock
             if (
                 self._decoder is None
+                and self._sm.state is not State.DESTROYED
                 and self._feed is None
                 and not self._unconsumed
                 and not self._carry
@@ -593,6 +595,8 @@ class Stream(EventEmitter):
         await self._deliver_to_consumers(chunk)
 
     async def _deliver_to_consumers(self, chunk: bytes | str) -> None:
+        if self._sm.state is State.DESTROYED:
+            return  # destroy() means close now: nothing more is delivered
         if "data" in self._events:
             await self._emit("data", chunk)
         feed = self._feed
@@ -677,9 +681,13 @@ class Stream(EventEmitter):
         return b"".join(queue[:count]) if count > 1 else queue[0]
 
     def _start_timer(self, conn: _Conn) -> None:
-        if conn.io_nursery is not None and not conn.timer_running:
-            conn.timer_running = True
+        if conn.io_nursery is None or conn.timer_running or conn.io_scope.cancel_called:
+            return
+        try:
             conn.io_nursery.start_soon(self._guarded, self._timer_loop, conn)
+        except RuntimeError:  # the connection's tasks are finishing: no idle time to time
+            return
+        conn.timer_running = True
 
     async def _timer_loop(self, conn: _Conn) -> None:
         fired_for: float | None = None
