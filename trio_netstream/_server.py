@@ -372,36 +372,55 @@ class Server(EventEmitter):
         self._block.nursery.start_soon(self._serve, stream)
 
     async def _serve(self, stream: Stream) -> None:
+        conn = stream._conn
+        assert conn is not None
         try:
-            async with trio.open_nursery() as handlers:
+            try:
+                pending = self._dispatch_connection(stream)
+            except Exception as exc:  # a 'connection' listener raised
+                self.listener_failed(exc)
+                stream.destroy()
+                pending = []
+            if not pending:
                 try:
-                    started = self._dispatch_connection(stream, handlers)
-                except Exception as exc:  # a 'connection' listener raised
-                    self.listener_failed(exc)
-                    stream.destroy()
-                    started = []
+                    await stream._lifecycle(conn)
+                finally:
+                    self._connections.discard(stream)
+                return
+            async with trio.open_nursery() as handlers:
+                started = []
+                for awaitable in pending:
+                    first_step = trio.Event()
+                    handlers.start_soon(self._run_handler, awaitable, first_step)
+                    started.append(first_step)
                 for first_step in started:
                     # Async listeners have run up to their first await (and so
                     # registered their listeners) before 'connect' and 'data'.
                     await first_step.wait()
                 try:
-                    await stream._run_server_side()
+                    await stream._lifecycle(conn)
                 finally:
                     self._connections.discard(stream)
         finally:
             self._live_tasks -= 1
             self._tasks_done.unpark_all()
 
-    def _dispatch_connection(self, stream: Stream, handlers: trio.Nursery) -> list[trio.Event]:
-        """Call plain ``'connection'`` listeners; start async ones as tasks."""
-        started = []
-        for listener in self.take_listeners("connection"):
-            result = listener(stream)
-            if result is not None and inspect.isawaitable(result):
-                first_step = trio.Event()
-                handlers.start_soon(self._run_handler, result, first_step)
-                started.append(first_step)
-        return started
+    def _dispatch_connection(self, stream: Stream) -> list[Awaitable[object]]:
+        """Call the ``'connection'`` listeners in order; return what the async
+        ones returned, to run as the connection's tasks (no nursery is made
+        for a connection without them)."""
+        pending: list[Awaitable[object]] = []
+        try:
+            for listener in self.take_listeners("connection"):
+                result = listener(stream)
+                if result is not None and inspect.isawaitable(result):
+                    pending.append(result)
+        except BaseException:
+            for awaitable in pending:
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()  # never started: no "never awaited" warning
+            raise
+        return pending
 
     async def _run_handler(self, pending: Awaitable[object], first_step: trio.Event) -> None:
         try:

@@ -40,7 +40,6 @@ import math
 import os
 import socket as _stdlib_socket
 import ssl
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
@@ -109,17 +108,60 @@ class _Conn:
 
     target: _Target | None
     transport: trio.abc.Stream | None = None
-    io_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    io_cancelled: bool = False
     queue: list[bytes] = attrs.Factory(list)
     queued: int = 0
     need_drain: bool = False
     error: BaseException | None = None
     destroyed: bool = False
     wrote_eof: bool = False
-    writer_lot: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
-    flushed_lot: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
-    writer_done: trio.Event = attrs.Factory(trio.Event)
-    closed: trio.Event = attrs.Factory(trio.Event)
+    # Made when first needed: an idle connection carries none of them.
+    writer_lot: trio.lowlevel.ParkingLot | None = None
+    flushed_lot: trio.lowlevel.ParkingLot | None = None
+    writer_done: trio.Event | None = None
+    writer_running: bool = False
+    writer_finished: bool = False
+    closed_event: trio.Event | None = None
+    closed: bool = False
+
+    def cancel_io(self) -> None:
+        """Stop the connection's I/O (``destroy()`` or a failure)."""
+        self.io_cancelled = True
+        if self.io_nursery is not None:
+            self.io_nursery.cancel_scope.cancel()
+
+    def flushed(self) -> None:
+        """Wake ``drain()`` waiters."""
+        if self.flushed_lot is not None:
+            self.flushed_lot.unpark_all()
+
+    async def wait_flushed(self) -> None:
+        if self.flushed_lot is None:
+            self.flushed_lot = trio.lowlevel.ParkingLot()
+        await self.flushed_lot.park()
+
+    async def wait_writer_finished(self) -> None:
+        if not self.writer_finished:
+            if self.writer_done is None:
+                self.writer_done = trio.Event()
+            await self.writer_done.wait()
+
+    def finish_writer(self) -> None:
+        self.writer_finished = True
+        if self.writer_done is not None:
+            self.writer_done.set()
+
+    async def wait_closed(self) -> None:
+        if not self.closed:
+            if self.closed_event is None:
+                self.closed_event = trio.Event()
+            await self.closed_event.wait()
+
+    def set_closed(self) -> None:
+        self.closed = True
+        if self.closed_event is not None:
+            self.closed_event.set()
+
     io_nursery: trio.Nursery | None = None
     read_scope: trio.CancelScope | None = None
     in_receive: bool = False
@@ -221,7 +263,7 @@ class Stream(EventEmitter):
         self._bytes_written = 0
         self._emit_lock: trio.Lock | None = None
         self._feed: _Feed | None = None
-        self._unconsumed: deque[bytes | str] = deque()
+        self._unconsumed: list[bytes | str] = []
         self._unconsumed_size = 0
         self._carry = b""
         self._server_side = False
@@ -254,10 +296,6 @@ class Stream(EventEmitter):
         stream._adopt(transport)
         stream._start_pending = False
         return stream
-
-    async def _run_server_side(self) -> None:
-        assert self._conn is not None
-        await self._lifecycle(self._conn)
 
     def _adopt(self, transport: trio.abc.Stream) -> None:
         conn = _Conn(target=None, transport=transport)
@@ -309,8 +347,8 @@ class Stream(EventEmitter):
             self._nursery = None
 
     async def _wait_fully_closed(self) -> None:
-        while self._conn is not None and not self._conn.closed.is_set():
-            await self._conn.closed.wait()
+        while self._conn is not None and not self._conn.closed:
+            await self._conn.wait_closed()
         await trio.lowlevel.checkpoint()
 
     # _Owner, for a stream that runs in its own block.
@@ -332,43 +370,42 @@ class Stream(EventEmitter):
     # -- the connection's tasks ------------------------------------------
 
     async def _lifecycle(self, conn: _Conn) -> None:
-        """Run one connection from connect (or adoption) to ``'close'``."""
+        """Run one connection from connect (or adoption) to ``'close'``.
+
+        The connection's nursery holds its writer and timer; its cancel scope
+        is the connection's I/O scope, which ``destroy()`` and failures cancel.
+        """
         try:
-            with conn.io_scope:
-                async with trio.open_nursery() as io:
-                    conn.io_nursery = io
-                    self._last_activity = trio.current_time()
-                    if self._timeout:
-                        self._start_timer(conn)
-                    try:
-                        await self._run_connection(conn)
-                    except TransportError as failure:
-                        self._fail(conn, failure.error)
-                    except Exception as exc:  # a listener raised
-                        self._owner.listener_failed(exc)
-                    io.cancel_scope.cancel()  # the timer, if any
+            async with trio.open_nursery() as io:
+                conn.io_nursery = io
+                if conn.io_cancelled:  # destroyed before it started
+                    io.cancel_scope.cancel()
+                self._last_activity = trio.current_time()
+                if self._timeout:
+                    self._start_timer(conn)
+                try:
+                    if conn.transport is None:
+                        assert conn.target is not None
+                        conn.transport = await self._open(conn.target)
+                        if conn.upgrade is None:
+                            conn.direct = conn.transport
+                        self._note_addresses(conn)
+                        self._apply_socket_options()
+                        self._sm.apply(Input.CONNECTED)
+                    self._kick_writer(conn)  # what was queued while connecting, an early end()
+                    await self._emit("connect")
+                    await self._read_loop(conn)
+                    # The writable side ends with end(): the writer (started then
+                    # if not before) sends what is queued, then the EOF.
+                    await conn.wait_writer_finished()
+                except TransportError as failure:
+                    self._fail(conn, failure.error)
+                except Exception as exc:  # a listener raised
+                    self._owner.listener_failed(exc)
+                io.cancel_scope.cancel()  # the timer, if any
         finally:
             conn.io_nursery = None
             await self._teardown(conn)
-
-    async def _run_connection(self, conn: _Conn) -> None:
-        if conn.transport is None:
-            assert conn.target is not None
-            conn.transport = await self._open(conn.target)
-            if conn.upgrade is None:
-                conn.direct = conn.transport
-            self._note_addresses(conn)
-            self._apply_socket_options()
-            connected = True
-        else:
-            connected = False  # adopted: already "open"
-        if connected:
-            self._sm.apply(Input.CONNECTED)
-        assert conn.io_nursery is not None
-        conn.io_nursery.start_soon(self._guarded, self._write_loop, conn)
-        await self._emit("connect")
-        await self._read_loop(conn)
-        await conn.writer_done.wait()
 
     async def _guarded(self, fn: Callable[[_Conn], Any], conn: _Conn) -> None:
         try:
@@ -570,7 +607,7 @@ class Stream(EventEmitter):
 
     async def _flush_unconsumed(self) -> None:
         while self._unconsumed and self._has_consumer() and not self._paused:
-            chunk = self._unconsumed.popleft()
+            chunk = self._unconsumed.pop(0)
             self._unconsumed_size -= len(chunk)
             await self._deliver_to_consumers(chunk)
 
@@ -607,6 +644,34 @@ class Stream(EventEmitter):
         while self._paused:
             await self._resume_lot.park()
 
+    def _kick_writer(self, conn: _Conn) -> None:
+        """Wake the writer, or start it if it has work (it is started lazily:
+        a stream whose writes all go out at once never needs the task)."""
+        if conn.writer_running:
+            assert conn.writer_lot is not None
+            conn.writer_lot.unpark()
+            return
+        nursery = conn.io_nursery
+        state = self._sm.state
+        if nursery is None or conn.transport is None or conn.io_cancelled:
+            return  # the lifecycle kicks it once the connection is up
+        if state in (State.OPENING, State.OPENING_ENDED, State.DESTROYED, State.CLOSED):
+            return
+        upgrade = conn.upgrade
+        if not (
+            conn.queue
+            or (upgrade is not None and not upgrade.done.is_set())
+            or state in (State.READ_ONLY, State.ENDED)
+            or (conn.need_drain and "drain" in self._events)
+        ):
+            return
+        try:
+            nursery.start_soon(self._guarded, self._write_loop, conn)
+        except RuntimeError:  # the connection's tasks are finishing
+            return
+        conn.writer_lot = trio.lowlevel.ParkingLot()
+        conn.writer_running = True
+
     async def _write_loop(self, conn: _Conn) -> None:
         transport = conn.transport
         assert transport is not None
@@ -636,7 +701,7 @@ class Stream(EventEmitter):
                     if self._timeout:
                         self._last_activity = trio.current_time()
                     if not conn.queue:
-                        conn.flushed_lot.unpark_all()
+                        conn.flushed()
                         if conn.need_drain:
                             conn.need_drain = False
                             if self._sm.state not in WRITE_ENDED:  # as Node: none after end()
@@ -647,7 +712,7 @@ class Stream(EventEmitter):
                     conn.need_drain = False
                     if self._sm.state not in WRITE_ENDED:
                         await self._emit("drain")
-                    conn.flushed_lot.unpark_all()
+                    conn.flushed()
                     continue
                 if self._sm.state in (State.READ_ONLY, State.ENDED):
                     conn.wrote_eof = True
@@ -657,9 +722,10 @@ class Stream(EventEmitter):
                         else:
                             await transport.aclose()
                     return
+                assert conn.writer_lot is not None
                 await conn.writer_lot.park()
         finally:
-            conn.writer_done.set()
+            conn.finish_writer()
 
     @staticmethod
     def _take(conn: _Conn) -> bytes:
@@ -681,7 +747,7 @@ class Stream(EventEmitter):
         return b"".join(queue[:count]) if count > 1 else queue[0]
 
     def _start_timer(self, conn: _Conn) -> None:
-        if conn.io_nursery is None or conn.timer_running or conn.io_scope.cancel_called:
+        if conn.io_nursery is None or conn.timer_running or conn.io_cancelled:
             return
         try:
             conn.io_nursery.start_soon(self._guarded, self._timer_loop, conn)
@@ -715,7 +781,7 @@ class Stream(EventEmitter):
             self._sm.apply(Input.DESTROY)
         conn.queue.clear()
         conn.queued = 0
-        conn.flushed_lot.unpark_all()
+        conn.flushed()
         conn.direct = None
         transport, conn.transport = conn.transport, None
         if transport is not None:
@@ -737,7 +803,7 @@ class Stream(EventEmitter):
         try:
             await self._emit_final("close", error is not None)
         finally:
-            conn.closed.set()
+            conn.set_closed()
             if unhandled:
                 assert error is not None
                 self._owner.unhandled_error(self, error)
@@ -761,7 +827,7 @@ class Stream(EventEmitter):
             conn.error = error
             if self._sm.state is not State.DESTROYED:
                 self._sm.apply(Input.DESTROY)
-        conn.io_scope.cancel()
+        conn.cancel_io()
 
     async def _emit(self, event: str, *args: object) -> None:
         lock = self._emit_lock
@@ -868,12 +934,12 @@ class Stream(EventEmitter):
                     self._last_activity = trio.current_time()
                 if sent == len(chunk):
                     if not accepted and "drain" in self._events:
-                        conn.writer_lot.unpark()  # to emit 'drain'
+                        self._kick_writer(conn)  # to emit 'drain'
                     return accepted
                 chunk = chunk[sent:]
             conn.queue.append(chunk)
             conn.queued += len(chunk)
-            conn.writer_lot.unpark()
+            self._kick_writer(conn)
         return accepted
 
     def end(
@@ -894,7 +960,7 @@ class Stream(EventEmitter):
         if self._sm.can(Input.END):
             self._sm.apply(Input.END)
             assert self._conn is not None
-            self._conn.writer_lot.unpark()
+            self._kick_writer(self._conn)
         return self
 
     def destroy(self, error: BaseException | None = None) -> Self:
@@ -918,8 +984,8 @@ class Stream(EventEmitter):
         conn.queue.clear()
         conn.queued = 0
         conn.need_drain = False
-        conn.io_scope.cancel()
-        conn.flushed_lot.unpark_all()
+        conn.cancel_io()
+        conn.flushed()
         return self
 
     # -- TLS -------------------------------------------------------------------
@@ -985,7 +1051,7 @@ class Stream(EventEmitter):
         )
         conn.direct = None
         conn.plain_queue, conn.queue = conn.queue, []
-        conn.writer_lot.unpark()
+        self._kick_writer(conn)
         self._wake_reader(upgrade=True)
 
     @property
@@ -1222,7 +1288,7 @@ class Stream(EventEmitter):
                 and not (conn.need_drain and state not in WRITE_ENDED)
             ):
                 return  # flushed, and the 'drain' a False write() promised came first
-            await conn.flushed_lot.park()
+            await conn.wait_flushed()
 
     async def wait_closed(self) -> None:
         """Wait until the current connection has emitted ``'close'``."""
@@ -1255,7 +1321,7 @@ class Stream(EventEmitter):
         if event == "data":
             self._wake_reader()
         elif event == "drain" and self._conn is not None and self._conn.need_drain:
-            self._conn.writer_lot.unpark()  # Node's idiom: once('drain') after a False write()
+            self._kick_writer(self._conn)  # Node's idiom: once('drain') after a False write()
 
     # -- typed registration ----------------------------------------------------
 
@@ -1372,7 +1438,7 @@ class _ChunkIterator:
         self,
         feed: _Feed,
         receive: trio.MemoryReceiveChannel[Any],
-        kept: deque[bytes | str] | None,
+        kept: list[bytes | str] | None,
     ) -> None:
         self._feed = feed
         self._receive = receive
@@ -1384,7 +1450,7 @@ class _ChunkIterator:
     async def __anext__(self) -> bytes | str:
         if self._kept:
             await trio.lowlevel.checkpoint()
-            return self._kept.popleft()
+            return self._kept.pop(0)
         try:
             return await self._receive.receive()  # type: ignore[no-any-return]  # chunks only
         except (trio.EndOfChannel, trio.ClosedResourceError):
