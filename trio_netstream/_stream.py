@@ -250,12 +250,12 @@ class Stream(EventEmitter):
         self._conn: _Conn | None = None
         self._owner: _Owner = self
         self._nursery: trio.Nursery | None = None
-        self._block = Block()
+        self._block: Block | None = None  # a client stream's own async with block
         self._start_pending = False
         self._decoder: Decoder | None = None
         self._encoding: str | None = None
         self._paused = False
-        self._resume_lot = trio.lowlevel.ParkingLot()
+        self._resume_lot: trio.lowlevel.ParkingLot | None = None  # made when first needed
         self._timeout = 0.0
         self._timer_lot: trio.lowlevel.ParkingLot | None = None
         self._last_activity = 0.0
@@ -330,6 +330,8 @@ class Stream(EventEmitter):
     async def __aenter__(self) -> Self:
         if self._server_side:
             raise StreamStateError("a server-side stream runs in its server's block")
+        if self._block is None:
+            self._block = Block()
         self._nursery = await self._block.enter("stream")
         if self._start_pending:
             self._spawn()
@@ -342,6 +344,7 @@ class Stream(EventEmitter):
         tb: TracebackType | None,
     ) -> bool:
         try:
+            assert self._block is not None
             return await self._block.exit(exc, self._wait_fully_closed, self.destroy)
         finally:
             self._nursery = None
@@ -354,10 +357,12 @@ class Stream(EventEmitter):
     # _Owner, for a stream that runs in its own block.
     def listener_failed(self, exc: BaseException) -> None:
         self.destroy()
-        self._block.fail(exc)
+        if self._block is not None:
+            self._block.fail(exc)
 
     def unhandled_error(self, stream: Stream, exc: BaseException) -> None:
-        self._block.fail(exc)
+        if self._block is not None:
+            self._block.fail(exc)
 
     def _spawn(self) -> None:
         conn = self._conn
@@ -507,7 +512,7 @@ class Stream(EventEmitter):
             if self._paused or (
                 self._unconsumed and self._unconsumed_size >= limit and not self._has_consumer()
             ):
-                await self._resume_lot.park()
+                await self._park_reader()
                 continue
             conn.in_receive = True
             try:
@@ -558,7 +563,8 @@ class Stream(EventEmitter):
         """A consumer arrived, the stream resumed, or TLS starts: let the
         reader go on. A receive is interrupted only on a plaintext transport
         (interrupting a TLS read could lose a record)."""
-        self._resume_lot.unpark_all()
+        if self._resume_lot is not None:
+            self._resume_lot.unpark_all()
         conn = self._conn
         if (
             conn is not None
@@ -640,9 +646,14 @@ class Stream(EventEmitter):
         if feed is not None and not feed.finished and not await feed.put(chunk):
             self._feed = None
 
+    async def _park_reader(self) -> None:
+        if self._resume_lot is None:
+            self._resume_lot = trio.lowlevel.ParkingLot()
+        await self._resume_lot.park()
+
     async def _wait_resumed(self) -> None:
         while self._paused:
-            await self._resume_lot.park()
+            await self._park_reader()
 
     def _kick_writer(self, conn: _Conn) -> None:
         """Wake the writer, or start it if it has work (it is started lazily:
