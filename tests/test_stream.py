@@ -1261,7 +1261,9 @@ async def test_sync_calls_return_the_stream_for_chaining() -> None:
     """As Node: setEncoding/setTimeout/setNoDelay/setKeepAlive/pause/resume/end/destroy chain."""
     left, _right = trio.testing.memory_stream_pair()
     stream = net.Stream.wrap(left)
-    assert stream.setEncoding("utf8").setTimeout(0).setNoDelay(True).setKeepAlive(True, 1000) is stream
+    assert (
+        stream.setEncoding("utf8").setTimeout(0).setNoDelay(True).setKeepAlive(True, 1000) is stream
+    )
     assert stream.pause().resume() is stream
     assert stream.end() is stream
     assert stream.destroy() is stream
