@@ -105,6 +105,14 @@ class SocketTransport(trio.abc.HalfCloseableStream):
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
+        self.try_send_eof()
+
+    def try_send_eof(self) -> None:
+        """Send FIN now (it never waits). Idempotent.
+
+        Raises:
+            OSError: the socket failed.
+        """
         if not self._eof_sent:
             self._eof_sent = True
             self._sock.shutdown(_stdlib_socket.SHUT_WR)

@@ -970,8 +970,25 @@ class Stream(EventEmitter):
             self.write(data, encoding)
         if self._sm.can(Input.END):
             self._sm.apply(Input.END)
-            assert self._conn is not None
-            self._kick_writer(self._conn)
+            conn = self._conn
+            assert conn is not None
+            direct = conn.direct
+            if (
+                direct is not None
+                and not conn.queued
+                and not conn.writer_running
+                and self._sm.state is not State.OPENING_ENDED
+            ):
+                # Nothing queued: FIN now, without waking a writer task.
+                try:
+                    direct.try_send_eof()
+                except OSError:
+                    pass  # the writer meets the failure again and reports it
+                else:
+                    conn.wrote_eof = True
+                    conn.finish_writer()
+                    return self
+            self._kick_writer(conn)
         return self
 
     def destroy(self, error: BaseException | None = None) -> Self:
