@@ -46,8 +46,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy", "typing_extensions", "exceptiongroup")
+    """mypy --strict and pyright strict (pyrightconfig.json) on the package, then
+    the typed-listener checks (tests/test_typing.py runs both on tests/typing/)."""
+    session.install("-e", ".[test]", "mypy", "pyright", "typing_extensions", "exceptiongroup")
     session.run("mypy", "--strict", "trio_netstream")
+    session.run("pyright")
+    session.run("python", "-m", "pytest", "tests/test_typing.py", "-p", "no:cacheprovider")
 
 
 @nox.session
@@ -55,3 +59,10 @@ def bench(session: nox.Session) -> None:
     """The benchmark suite (minutes); writes docs/performance.md and .png."""
     session.install("-e", ".[bench]")
     session.run("python", "-m", "trio_netstream", "bench", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The Sphinx site in docs/_build/html; any warning fails the build."""
+    session.install("-e", ".", "sphinx", "sphinxcontrib-trio", "myst-parser")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")

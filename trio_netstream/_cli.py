@@ -85,9 +85,22 @@ class ProtocolError(Exception):
 # -- output helpers -------------------------------------------------------------
 
 
+def _silence_stdout() -> None:
+    """Whoever read stdout has gone (EPIPE): send the rest to /dev/null, so
+    neither later writes nor the interpreter's final flush fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 def _say(line: str) -> None:
     """Print one line to stdout at once (stdout is often a pipe)."""
-    print(line, flush=True)
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
 
 
 def _warn(line: str) -> None:
@@ -493,14 +506,27 @@ class _LineReader:
             self._buffer += chunk
 
 
-async def _stop(processes: list[trio.Process]) -> None:
-    """SIGTERM every worker, SIGKILL the ones still alive after 5 s; reap all."""
+async def _stop(
+    processes: list[trio.Process], readers: list[_LineReader], out: Callable[[str], object]
+) -> None:
+    """SIGTERM every worker and relay what they print until they exit; SIGKILL
+    the ones still alive after 5 s; reap all."""
     for process in processes:
         if process.returncode is None:
             process.terminate()
+
+    async def finish(process: trio.Process, reader: _LineReader | None) -> None:
+        if reader is not None:
+            while (line := await reader.next_line()) is not None:
+                out(line)
+        await process.wait()
+
     with trio.move_on_after(5):
-        for process in processes:
-            await process.wait()
+        async with trio.open_nursery() as nursery:
+            for index, process in enumerate(processes):
+                nursery.start_soon(
+                    finish, process, readers[index] if index < len(readers) else None
+                )
     for process in processes:
         if process.returncode is None:  # pragma: no cover - a stuck worker
             process.kill()
@@ -546,8 +572,8 @@ async def echo_workers(
             *tls_args,
         ]
         processes: list[trio.Process] = []
+        readers: list[_LineReader] = []
         try:
-            readers: list[_LineReader] = []
             for _ in range(workers):
                 process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
                 processes.append(process)
@@ -581,7 +607,7 @@ async def echo_workers(
             raise Failure(failed[0], EXIT_NETWORK)
         finally:
             with trio.CancelScope(shield=True):
-                await _stop(processes)
+                await _stop(processes, readers, out)
 
 
 # -- connect --------------------------------------------------------------------
@@ -684,7 +710,6 @@ async def connect_client(
     encoding: str | None = None,
     context: ssl.SSLContext | None = None,
     verbose: bool = False,
-    read_stdin: Callable[[], Awaitable[bytes]] = _read_stdin,
 ) -> int:
     """The ``connect`` command: relay stdin to the stream and the stream to stdout.
 
@@ -718,17 +743,24 @@ async def connect_client(
     else:
         starting.set()
 
-    def output(chunk: bytes) -> None:
-        if decoder is None:
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-        else:
-            sys.stdout.write(decoder.decode(chunk))
-            sys.stdout.flush()
+    def emit(data: bytes | str) -> bool:
+        """Write to stdout; ``False`` (and the stream destroyed) if stdout is gone."""
+        try:
+            if isinstance(data, bytes):
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            else:
+                sys.stdout.write(data)
+                sys.stdout.flush()
+        except BrokenPipeError:  # `connect ... | head`: stop quietly (exit code 0)
+            _silence_stdout()
+            stream.destroy()
+            return False
+        return True
 
     def on_data(chunk: bytes) -> None:
-        output(chunk)
-        if negotiation is not None and negotiation.negotiating:
+        shown = emit(chunk if decoder is None else decoder.decode(chunk))
+        if shown and negotiation is not None and negotiation.negotiating:
             negotiation.feed(chunk)
 
     def on_secure() -> None:
@@ -739,8 +771,7 @@ async def connect_client(
     def on_end() -> None:
         note("end")
         if decoder is not None:
-            sys.stdout.write(decoder.flush())
-            sys.stdout.flush()
+            emit(decoder.flush())  # what the decoder still holds (a base64 tail...)
 
     stream.on("connect", lambda: note(f"connected to {target}"))
     stream.on("secure", on_secure)
@@ -752,7 +783,7 @@ async def connect_client(
     async def pump() -> None:
         await starting.wait()
         while True:
-            chunk = await read_stdin()
+            chunk = await _read_stdin()
             try:
                 if not chunk:
                     stream.end()
@@ -813,7 +844,12 @@ byte it receives; when the client ends, it writes "goodbye\\r\\n" and ends too.
 It prints "listening on HOST:PORT (pid N)" once listening, then one line per
 connection event: "[pid N] #K connection from HOST:PORT", "connect",
 "secure", "data b'...'", "end", "error ...", "close(False)". SIGINT or
-SIGTERM stops it (connections are destroyed)."""
+SIGTERM stops it (connections are destroyed; exit code 130 or 0).
+
+--workers N starts N "echo --reuse-port" processes on one port (chosen first
+when --port is 0); the first line is then "listening on HOST:PORT (pid N,
+workers W1, W2...)", followed by the workers' lines. If a worker dies, the
+others are stopped and the command exits with code 1."""
 
 _CONNECT_DESCRIPTION = """\
 A netcat-like client: stdin goes to the socket, received data to stdout.
@@ -845,7 +881,7 @@ def _parser() -> argparse.ArgumentParser:
     run_demo = commands.add_parser(
         "demo",
         help="echo server and client on loopback, printing the event transcript",
-        description="The seed's echo server and a client on loopback, "
+        description="The seed's echo server and a client on loopback,\n"
         "printing the event transcript of both sides.",
         epilog=_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

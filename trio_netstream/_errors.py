@@ -54,7 +54,8 @@ _X509_CODES = {
     23: "CERT_REVOKED",
     24: "INVALID_CA",
     26: "INVALID_PURPOSE",
-    62: "ERR_TLS_CERT_ALTNAME_INVALID",  # hostname mismatch: Node's own code
+    62: "ERR_TLS_CERT_ALTNAME_INVALID",  # host name mismatch: Node's own code
+    64: "ERR_TLS_CERT_ALTNAME_INVALID",  # IP address mismatch: the same code in Node
 }
 
 

@@ -373,7 +373,8 @@ class Server(EventEmitter):
 
     async def _serve(self, stream: Stream) -> None:
         conn = stream._conn
-        assert conn is not None
+        nursery = self._block.nursery
+        assert conn is not None and nursery is not None
         try:
             try:
                 pending = self._dispatch_connection(stream)
@@ -383,7 +384,7 @@ class Server(EventEmitter):
                 pending = []
             if not pending:
                 try:
-                    await stream._lifecycle(conn)
+                    await stream._lifecycle(conn, nursery)
                 finally:
                     self._connections.discard(stream)
                 return
@@ -398,7 +399,7 @@ class Server(EventEmitter):
                     # registered their listeners) before 'connect' and 'data'.
                     await first_step.wait()
                 try:
-                    await stream._lifecycle(conn)
+                    await stream._lifecycle(conn, nursery)
                 finally:
                     self._connections.discard(stream)
         finally:

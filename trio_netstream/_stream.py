@@ -77,7 +77,7 @@ READ_SIZE = 64 * 1024
 COALESCE_LIMIT = 256 * 1024
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-DataListener = Callable[[Any], object]
+DataListener = Callable[[bytes], object] | Callable[[str], object]
 NoArgListener = Callable[[], object]
 ErrorListener = Callable[[BaseException], object]
 CloseListener = Callable[[bool], object]
@@ -127,8 +127,8 @@ class _Conn:
     def cancel_io(self) -> None:
         """Stop the connection's I/O (``destroy()`` or a failure)."""
         self.io_cancelled = True
-        if self.io_nursery is not None:
-            self.io_nursery.cancel_scope.cancel()
+        for scope in self.scopes:
+            scope.cancel()
 
     def flushed(self) -> None:
         """Wake ``drain()`` waiters."""
@@ -162,7 +162,8 @@ class _Conn:
         if self.closed_event is not None:
             self.closed_event.set()
 
-    io_nursery: trio.Nursery | None = None
+    task_nursery: trio.Nursery | None = None  # where the connection's tasks run
+    scopes: list[trio.CancelScope] = attrs.Factory(list)  # theirs, cancelled together
     read_scope: trio.CancelScope | None = None
     in_receive: bool = False
     read_stopped: bool = False
@@ -370,21 +371,24 @@ class Stream(EventEmitter):
         self._start_pending = False
         if self._nursery is None:
             raise StreamStateError("the stream is not running")
-        self._nursery.start_soon(self._lifecycle, conn)
+        self._nursery.start_soon(self._lifecycle, conn, self._nursery)
 
     # -- the connection's tasks ------------------------------------------
 
-    async def _lifecycle(self, conn: _Conn) -> None:
+    async def _lifecycle(self, conn: _Conn, nursery: trio.Nursery) -> None:
         """Run one connection from connect (or adoption) to ``'close'``.
 
-        The connection's nursery holds its writer and timer; its cancel scope
-        is the connection's I/O scope, which ``destroy()`` and failures cancel.
+        *nursery* is the one this task runs in (the stream's block, or the
+        server's); the writer and the timer are started there too, each under
+        a cancel scope of the connection, which ``destroy()`` and failures
+        cancel with the lifecycle's own. A connection costs no nursery.
         """
+        conn.task_nursery = nursery
         try:
-            async with trio.open_nursery() as io:
-                conn.io_nursery = io
+            with trio.CancelScope() as scope:
+                conn.scopes.append(scope)
                 if conn.io_cancelled:  # destroyed before it started
-                    io.cancel_scope.cancel()
+                    scope.cancel()
                 self._last_activity = trio.current_time()
                 if self._timeout:
                     self._start_timer(conn)
@@ -397,6 +401,7 @@ class Stream(EventEmitter):
                         self._note_addresses(conn)
                         self._apply_socket_options()
                         self._sm.apply(Input.CONNECTED)
+                        conn.flushed()  # drain() waits out the connecting
                     self._kick_writer(conn)  # what was queued while connecting, an early end()
                     await self._emit("connect")
                     await self._read_loop(conn)
@@ -407,10 +412,31 @@ class Stream(EventEmitter):
                     self._fail(conn, failure.error)
                 except Exception as exc:  # a listener raised
                     self._owner.listener_failed(exc)
-                io.cancel_scope.cancel()  # the timer, if any
         finally:
-            conn.io_nursery = None
+            conn.task_nursery = None
+            for task_scope in conn.scopes:
+                task_scope.cancel()  # the timer, if any (and the writer, if destroyed)
             await self._teardown(conn)
+
+    def _start_task(self, conn: _Conn, fn: Callable[[_Conn], Any]) -> bool:
+        """Start one of the connection's tasks (writer, timer) under its own
+        cancel scope; ``False`` if the connection is finishing."""
+        nursery = conn.task_nursery
+        if nursery is None or conn.io_cancelled:
+            return False
+        scope = trio.CancelScope()
+        try:
+            nursery.start_soon(self._scoped, fn, conn, scope)
+        except RuntimeError:  # the nursery is closing
+            return False
+        conn.scopes.append(scope)
+        return True
+
+    async def _scoped(
+        self, fn: Callable[[_Conn], Any], conn: _Conn, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            await self._guarded(fn, conn)
 
     async def _guarded(self, fn: Callable[[_Conn], Any], conn: _Conn) -> None:
         try:
@@ -662,9 +688,8 @@ class Stream(EventEmitter):
             assert conn.writer_lot is not None
             conn.writer_lot.unpark()
             return
-        nursery = conn.io_nursery
         state = self._sm.state
-        if nursery is None or conn.transport is None or conn.io_cancelled:
+        if conn.task_nursery is None or conn.transport is None or conn.io_cancelled:
             return  # the lifecycle kicks it once the connection is up
         if state in (State.OPENING, State.OPENING_ENDED, State.DESTROYED, State.CLOSED):
             return
@@ -676,16 +701,15 @@ class Stream(EventEmitter):
             or (conn.need_drain and "drain" in self._events)
         ):
             return
-        try:
-            nursery.start_soon(self._guarded, self._write_loop, conn)
-        except RuntimeError:  # the connection's tasks are finishing
-            return
-        conn.writer_lot = trio.lowlevel.ParkingLot()
-        conn.writer_running = True
+        if self._start_task(conn, self._write_loop):
+            conn.writer_lot = trio.lowlevel.ParkingLot()
+            conn.writer_running = True
 
     async def _write_loop(self, conn: _Conn) -> None:
         transport = conn.transport
-        assert transport is not None
+        if transport is None:  # started just as the connection closed
+            conn.finish_writer()
+            return
         send_all = transport.send_all
         try:
             while True:
@@ -758,13 +782,8 @@ class Stream(EventEmitter):
         return b"".join(queue[:count]) if count > 1 else queue[0]
 
     def _start_timer(self, conn: _Conn) -> None:
-        if conn.io_nursery is None or conn.timer_running or conn.io_cancelled:
-            return
-        try:
-            conn.io_nursery.start_soon(self._guarded, self._timer_loop, conn)
-        except RuntimeError:  # the connection's tasks are finishing: no idle time to time
-            return
-        conn.timer_running = True
+        if not conn.timer_running and self._start_task(conn, self._timer_loop):
+            conn.timer_running = True
 
     async def _timer_loop(self, conn: _Conn) -> None:
         fired_for: float | None = None
@@ -1157,7 +1176,7 @@ class Stream(EventEmitter):
         if callback is not None:
             self.once("timeout", callback)
         conn = self._conn
-        if conn is not None and conn.io_nursery is not None:
+        if conn is not None and conn.task_nursery is not None:
             self._last_activity = trio.current_time()
             if period:
                 self._start_timer(conn)

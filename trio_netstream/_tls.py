@@ -286,7 +286,7 @@ def verify(
     chain = _chain(ssl_object)
     if not chain:
         return Verification(False, "NO_PEER_CERTIFICATE: the peer sent no certificate")
-    if reject_unauthorized or server_side:
+    if server_side or (reject_unauthorized and context.verify_mode != ssl.CERT_NONE):
         # OpenSSL verified it during the handshake, or the handshake failed.
         return Verification(True, None)
     return _verify_offline(chain, _trusted(context), server_hostname)

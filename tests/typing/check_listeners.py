@@ -1,0 +1,54 @@
+"""Type-checked, never run: listener signatures that ``on``/``once`` accept or reject.
+
+tests/test_typing.py runs mypy on this file. A line that must be an error
+ends with ``# E: <mypy error code>``; every other line must check cleanly.
+"""
+
+from __future__ import annotations
+
+import trio_netstream as net
+
+
+async def listeners(stream: net.Stream, server: net.Server) -> None:
+    # Right: what a user of the SPEC writes.
+    stream.on("data", lambda chunk: None)
+    stream.on("connect", lambda: None)
+    stream.on("close", lambda had_error: None)
+    stream.on("error", lambda exc: None)
+
+    def on_bytes(chunk: bytes) -> None: ...
+    def on_text(chunk: str) -> None: ...
+    def on_either(chunk: bytes | str) -> None: ...
+    def on_close(had_error: bool) -> None: ...
+    def on_error(exc: BaseException) -> None: ...
+    def on_os_error(exc: Exception) -> None: ...
+    async def on_data_async(chunk: bytes) -> None: ...
+    def nothing() -> None: ...
+
+    stream.on("data", on_bytes).on("data", on_text).on("data", on_either)
+    stream.once("data", on_data_async)
+    stream.on("close", on_close)
+    stream.on("error", on_error)
+    stream.on("end", nothing).on("drain", nothing).on("timeout", nothing).on("secure", nothing)
+
+    @stream.on("data")
+    def decorated(chunk: bytes) -> None: ...
+
+    server.on("connection", lambda s: None)
+    server.on("listening", nothing).on("close", nothing)
+    server.on("error", on_error)
+
+    # Wrong: each must be reported.
+    def on_int(x: int) -> None: ...
+    def two_args(a: bool, b: bool) -> None: ...
+    def on_stream_wrongly(s: int) -> None: ...
+
+    stream.on("data", on_int)  # E: call-overload
+    stream.on("close", two_args)  # E: call-overload
+    stream.on("close", nothing)  # E: call-overload
+    stream.on("connect", on_close)  # E: call-overload
+    stream.on("data", nothing)  # E: call-overload
+    stream.once("end", on_bytes)  # E: call-overload
+    stream.on("error", on_os_error)  # E: call-overload
+    server.on("connection", on_stream_wrongly)  # E: call-overload
+    server.on("listening", on_close)  # E: call-overload
