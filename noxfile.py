@@ -50,7 +50,7 @@ def typecheck(session: nox.Session) -> None:
     the typed-listener checks (tests/test_typing.py runs both on tests/typing/)."""
     session.install("-e", ".[test]", "mypy", "pyright", "typing_extensions", "exceptiongroup")
     session.run("mypy", "--strict", "trio_netstream")
-    session.run("pyright")
+    session.run("pyright", "--pythonpath", session.virtualenv.location + "/bin/python")
     session.run("python", "-m", "pytest", "tests/test_typing.py", "-p", "no:cacheprovider")
 
 

@@ -362,7 +362,8 @@ async def test_interrupting_connect_exits_130() -> None:
         ):
             assert client.process.stdout is not None
             greeting = await client.process.stdout.receive_some()
-            assert greeting == b"hello\r\n"
+            # Connected: the greeting came (the server's goodbye may come with it).
+            assert greeting.startswith(b"hello\r\n")
             code, _, err = await client.stop(signal.SIGINT)
     assert (code, err) == (130, "")
 

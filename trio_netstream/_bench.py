@@ -58,7 +58,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -913,15 +913,15 @@ class _Lines:
                     _progress(f"    ({self.name}) {line}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise BenchError(f"{self.name}: no {prefix} within {timeout:.0f} s{self._tail()}")
+                raise BenchError(f"{self.name}: no {prefix} within {timeout:.0f} s{self.tail()}")
             ready, _, _ = select.select([self.fd], [], [], remaining)
             if ready:
                 chunk = os.read(self.fd, 65536)
                 if not chunk:
-                    raise BenchError(f"{self.name} exited before {prefix}{self._tail()}")
+                    raise BenchError(f"{self.name} exited before {prefix}{self.tail()}")
                 self.buffer += chunk
 
-    def _tail(self) -> str:
+    def tail(self) -> str:
         self.errors.flush()
         self.errors.seek(0)
         text = self.errors.read().decode(errors="replace").strip()
@@ -940,11 +940,13 @@ class Suite:
     json_path: Path | None
     node_peer: Path
     timeout: float
-    notes: list[str] = field(default_factory=list)
-    results: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
-    failures: dict[str, dict[str, str]] = field(default_factory=dict)
-    cpus: list[int] = field(default_factory=list)
-    load: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list[str])
+    results: dict[str, dict[str, list[dict[str, float]]]] = field(
+        default_factory=dict[str, dict[str, list[dict[str, float]]]]
+    )
+    failures: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])
+    cpus: list[int] = field(default_factory=list[int])
+    load: list[float] = field(default_factory=list[float])
 
 
 def _progress(line: str) -> None:
@@ -972,7 +974,7 @@ def _role_argv(suite: Suite, peer: str, role: str, cfg: dict[str, Any]) -> list[
 @contextlib.contextmanager
 def _spawn(
     suite: Suite, peer: str, role: str, cfg: dict[str, Any]
-) -> Iterator[tuple[subprocess.Popen[bytes], _Lines]]:
+) -> Generator[tuple[subprocess.Popen[bytes], _Lines], None, None]:
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(
@@ -1069,6 +1071,7 @@ def _measure(suite: Suite, row: str, peer: str, tls: dict[str, str] | None) -> d
         _spawn(suite, peer, "client", client_cfg) as (client, client_out),
     ):
         port = int(server_out.expect("READY", 60))
+        before = 0  # only read by the idle row, which measures it here
         if row == "idle":
             before = _settled_rss_kib(server.pid, suite.quick)
         assert client.stdin is not None
@@ -1086,7 +1089,7 @@ def _measure(suite: Suite, row: str, peer: str, tls: dict[str, str] | None) -> d
         else:
             values = json.loads(client_out.expect("RESULT", suite.timeout))
             if server.poll() is not None:
-                raise BenchError(f"{PEERS[peer]} server exited during the run{server_out._tail()}")
+                raise BenchError(f"{PEERS[peer]} server exited during the run{server_out.tail()}")
         client.stdin.close()  # the client's cue to exit
         client.wait(30)
     return {key: float(value) for key, value in values.items()}
@@ -1106,7 +1109,7 @@ def _describe(row: str, values: dict[str, float]) -> str:
 
 
 @contextlib.contextmanager
-def _certificates(suite: Suite) -> Iterator[dict[str, str] | None]:
+def _certificates(suite: Suite) -> Generator[dict[str, str] | None, None, None]:
     if "tls" not in suite.benchmarks:
         yield None
         return
@@ -1248,7 +1251,7 @@ def _versions() -> dict[str, str]:
 
 
 def _targets(suite: Suite) -> list[tuple[str, str, str]]:
-    lines = []
+    lines: list[tuple[str, str, str]] = []
     for target in TARGETS:
         ratio = _ratio(suite, target.row, "trio_netstream", target.metric, target.versus)
         if ratio is None:
@@ -1302,7 +1305,9 @@ def _markdown(suite: Suite, chart: str | None) -> str:
     header = " | ".join(f"{ROWS[row].short} ({ROWS[row].main.label})" for row in rows)
     out += [f"| implementation | {header} |", "|---" * (len(rows) + 1) + "|"]
     for peer in suite.peers:
-        cells = [_fmt_ratio(_ratio(suite, row, peer, ROWS[row].main.key)) for row in rows]
+        cells: list[str] = [
+            _fmt_ratio(_ratio(suite, row, peer, ROWS[row].main.key)) for row in rows
+        ]
         out.append(f"| {PEERS[peer]} | " + " | ".join(cells) + " |")
     out += ["", "Higher is better, except for idle memory."]
     if chart:

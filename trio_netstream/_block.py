@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -33,13 +33,17 @@ def _only_cancelled(exc: BaseException) -> bool:
     if isinstance(exc, trio.Cancelled):
         return True
     if isinstance(exc, BaseExceptionGroup):
-        return all(_only_cancelled(inner) for inner in exc.exceptions)
+        # isinstance() leaves the group's type argument unknown to pyright
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        return all(_only_cancelled(inner) for inner in group.exceptions)
     return False
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+        # isinstance() leaves the group's type argument unknown to pyright
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        return [leaf for inner in group.exceptions for leaf in _leaves(inner)]
     return [exc]
 
 

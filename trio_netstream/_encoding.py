@@ -76,12 +76,15 @@ def normalize(encoding: object) -> str:
 class Decoder(Protocol):
     def decode(self, data: bytes) -> str:
         """Decode the next chunk; hold back an incomplete tail."""
+        ...
 
     def flush(self) -> str:
         """What is still held, at the end of the stream (may be ``""``)."""
+        ...
 
     def pending(self) -> bytes:
         """The raw bytes still held (used when the encoding changes)."""
+        ...
 
 
 class _CodecDecoder:

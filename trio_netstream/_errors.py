@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno as _errno
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 
 import trio
@@ -124,7 +124,7 @@ class TransportError(Exception):
 
 
 @contextmanager
-def transport_errors(*, sending: bool = False) -> Iterator[None]:
+def transport_errors(*, sending: bool = False) -> Generator[None, None, None]:
     """Wrap one transport call: failures leave as :class:`TransportError`."""
     try:
         yield

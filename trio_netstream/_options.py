@@ -66,6 +66,21 @@ def _number(name: str) -> Any:
     return check
 
 
+def _check_ssl(_inst: object, _attr: object, value: object) -> None:
+    if value is not None and not isinstance(value, (bool, _ssl.SSLContext)):
+        raise TypeError(f"ssl must be an ssl.SSLContext or a bool, not {type(value).__name__}")
+
+
+def _check_hostname(_inst: object, _attr: object, value: str | None) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"server_hostname must be a str, not {type(value).__name__}")
+
+
+def _check_max(inst: object, attr: object, value: int | None) -> None:
+    if value is not None:
+        _non_negative_int("max_connections")(inst, attr, value)
+
+
 @attrs.frozen(kw_only=True)
 class StreamOptions:
     """Options of one stream (see SPEC: "Options shared by streams and servers")."""
@@ -79,18 +94,8 @@ class StreamOptions:
     high_water_mark: int = attrs.field(
         default=DEFAULT_HIGH_WATER_MARK, validator=_non_negative_int("high_water_mark")
     )
-    ssl: object = attrs.field(default=None)
-    server_hostname: str | None = attrs.field(default=None)
-
-    @ssl.validator
-    def _check_ssl(self, _attr: object, value: object) -> None:
-        if value is not None and not isinstance(value, (bool, _ssl.SSLContext)):
-            raise TypeError(f"ssl must be an ssl.SSLContext or a bool, not {type(value).__name__}")
-
-    @server_hostname.validator
-    def _check_hostname(self, _attr: object, value: object) -> None:
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"server_hostname must be a str, not {type(value).__name__}")
+    ssl: object = attrs.field(default=None, validator=_check_ssl)
+    server_hostname: str | None = attrs.field(default=None, validator=_check_hostname)
 
 
 @attrs.frozen(kw_only=True)
@@ -98,12 +103,7 @@ class ServerOptions:
     """Options of a server: its own, plus the options of every accepted stream."""
 
     stream: StreamOptions
-    max_connections: int | None = attrs.field(default=None)
-
-    @max_connections.validator
-    def _check_max(self, _attr: object, value: object) -> None:
-        if value is not None:
-            _non_negative_int("max_connections")(self, _attr, value)
+    max_connections: int | None = attrs.field(default=None, validator=_check_max)
 
     def __attrs_post_init__(self) -> None:
         if self.stream.ssl is True:

@@ -25,7 +25,7 @@ import os
 import socket as _stdlib_socket
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import attrs
 import trio
@@ -258,7 +258,7 @@ class Server(EventEmitter):
                 sock.listen(backlog)
             return sock
         if is_path(port):
-            path = os.fspath(port)  # type: ignore[arg-type]  # is_path checked it
+            path = os.fspath(cast("str | os.PathLike[str]", port))  # is_path checked it
             listener = _stdlib_socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
             listener.setblocking(False)
             try:
@@ -365,14 +365,14 @@ class Server(EventEmitter):
         if limit is not None and len(self._connections) >= limit:
             transport.socket.close()
             return
-        stream = Stream._for_server(transport, self._options.stream, self)
+        stream = Stream._for_server(transport, self._options.stream, self)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
         self._connections.add(stream)
         self._live_tasks += 1
         assert self._block.nursery is not None
         self._block.nursery.start_soon(self._serve, stream)
 
     async def _serve(self, stream: Stream) -> None:
-        conn = stream._conn
+        conn = stream._conn  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
         nursery = self._block.nursery
         assert conn is not None and nursery is not None
         try:
@@ -384,12 +384,12 @@ class Server(EventEmitter):
                 pending = []
             if not pending:
                 try:
-                    await stream._lifecycle(conn, nursery)
+                    await stream._lifecycle(conn, nursery)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
                 finally:
                     self._connections.discard(stream)
                 return
             async with trio.open_nursery() as handlers:
-                started = []
+                started: list[trio.Event] = []
                 for awaitable in pending:
                     first_step = trio.Event()
                     handlers.start_soon(self._run_handler, awaitable, first_step)
@@ -399,7 +399,7 @@ class Server(EventEmitter):
                     # registered their listeners) before 'connect' and 'data'.
                     await first_step.wait()
                 try:
-                    await stream._lifecycle(conn, nursery)
+                    await stream._lifecycle(conn, nursery)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
                 finally:
                     self._connections.discard(stream)
         finally:
@@ -516,7 +516,7 @@ class Server(EventEmitter):
         ) -> Self: ...
         @overload
         def on(self, event: str) -> Callable[[Any], Any]: ...
-        def on(self, event: str, listener: Any = None) -> Any: ...
+        def on(self, event: str, listener: Any = None) -> Any: ...  # pyright: ignore[reportIncompatibleMethodOverride]  # narrower, typed per event
 
     def __repr__(self) -> str:
         return f"<trio_netstream.Server address={self._address!r} connections={self.connections}>"

@@ -41,7 +41,7 @@ import os
 import socket as _stdlib_socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, overload
 
 import attrs
 import trio
@@ -109,7 +109,7 @@ class _Conn:
     target: _Target | None
     transport: trio.abc.Stream | None = None
     io_cancelled: bool = False
-    queue: list[bytes] = attrs.Factory(list)
+    queue: list[bytes] = attrs.Factory(list[bytes])
     queued: int = 0
     need_drain: bool = False
     error: BaseException | None = None
@@ -163,7 +163,8 @@ class _Conn:
             self.closed_event.set()
 
     task_nursery: trio.Nursery | None = None  # where the connection's tasks run
-    scopes: list[trio.CancelScope] = attrs.Factory(list)  # theirs, cancelled together
+    # The cancel scopes of the connection's tasks, cancelled together.
+    scopes: list[trio.CancelScope] = attrs.Factory(list[trio.CancelScope])
     read_scope: trio.CancelScope | None = None
     in_receive: bool = False
     read_stopped: bool = False
@@ -172,7 +173,7 @@ class _Conn:
     local: tuple[str | None, int | None] = (None, None)
     upgrade: _Upgrade | None = None
     direct: SocketTransport | None = None  # set while write() may send at once
-    plain_queue: list[bytes] = attrs.Factory(list)
+    plain_queue: list[bytes] = attrs.Factory(list[bytes])
     tls: TLSTransport | None = None
     verification: Verification | None = None
 
@@ -195,7 +196,8 @@ def _check_chunk(data: object, encoding: object) -> bytes:
     if isinstance(data, str):
         return encode(data, "utf8" if encoding is None else encoding)  # type: ignore[arg-type]  # normalize() checks it
     if isinstance(data, (bytearray, memoryview)):
-        return bytes(data)
+        # isinstance() leaves the memoryview's type argument unknown to pyright
+        return bytes(cast("bytearray | memoryview[int]", data))
     raise TypeError(f"data must be bytes, bytearray, memoryview or str, not {type(data).__name__}")
 
 
@@ -319,7 +321,7 @@ class Stream(EventEmitter):
                 raise ValueError("ssl=True is a client option; a server needs an ssl.SSLContext")
             context = default_client_context()
         else:
-            context = option  # type: ignore[assignment]  # StreamOptions checked the type
+            context = cast(ssl.SSLContext, option)  # StreamOptions checked the type
         hostname = self._options.server_hostname
         if hostname is None and not self._server_side and conn.target is not None:
             hostname = conn.target.host if conn.target.path is None else None
@@ -1388,7 +1390,7 @@ class Stream(EventEmitter):
         def on(self, event: Literal["close"], listener: CloseListener) -> Self: ...
         @overload
         def on(self, event: str) -> Callable[[_F], _F]: ...
-        def on(self, event: str, listener: Any = None) -> Any: ...
+        def on(self, event: str, listener: Any = None) -> Any: ...  # pyright: ignore[reportIncompatibleMethodOverride]  # narrower, typed per event
 
         @overload  # type: ignore[override]  # narrower, typed per event
         def once(self, event: Literal["data"], listener: DataListener) -> Self: ...
@@ -1404,7 +1406,7 @@ class Stream(EventEmitter):
         def once(self, event: Literal["close"], listener: CloseListener) -> Self: ...
         @overload
         def once(self, event: str) -> Callable[[_F], _F]: ...
-        def once(self, event: str, listener: Any = None) -> Any: ...
+        def once(self, event: str, listener: Any = None) -> Any: ...  # pyright: ignore[reportIncompatibleMethodOverride]  # narrower, typed per event
 
     def __repr__(self) -> str:
         where = ""

@@ -36,7 +36,7 @@ import ipaddress
 import os
 import ssl
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from typing import Any
 
@@ -178,7 +178,7 @@ class TLSTransport(trio.abc.HalfCloseableStream):
 
 
 @contextmanager
-def _ignore_transport_errors() -> Iterator[None]:
+def _ignore_transport_errors() -> Generator[None, None, None]:
     try:
         yield
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -188,7 +188,7 @@ def _ignore_transport_errors() -> Iterator[None]:
 @contextmanager
 def _for_one_connection(
     context: ssl.SSLContext, verify_mode: ssl.VerifyMode | None, check_hostname: bool | None
-) -> Iterator[None]:
+) -> Generator[None, None, None]:
     """Adjust *context* for one ``wrap_bio`` call, then restore it.
 
     OpenSSL copies the verify mode and the options into the new connection,
@@ -265,7 +265,7 @@ def _chain(ssl_object: ssl.SSLObject) -> list[bytes]:
         getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None
     )
     if getter is not None:
-        chain = getter() or []
+        chain: list[Any] = getter() or []
         return [
             cert if isinstance(cert, bytes) else cert.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]  # _ssl.Certificate (3.10+)
             for cert in chain
@@ -309,7 +309,7 @@ def _system_anchors(path: str) -> list[bytes]:
     with open(path, "rb") as handle:
         pem = handle.read()
     marker = b"-----END CERTIFICATE-----"
-    anchors = []
+    anchors: list[bytes] = []
     for block in pem.split(marker)[:-1]:
         start = block.find(b"-----BEGIN CERTIFICATE-----")
         if start < 0:
@@ -339,7 +339,7 @@ def _verify_offline(chain: list[bytes], trusted: list[bytes], hostname: str | No
     """
 
     certs = [_load_certificate(der) for der in chain]
-    anchors = []
+    anchors: list[Any] = []
     for der in trusted:
         try:
             anchors.append(_load_certificate(der))
@@ -441,7 +441,7 @@ def _alt_names(cert: Any) -> str | None:
         extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return None
-    names = []
+    names: list[str] = []
     for entry in extension.value:
         if isinstance(entry, x509.DNSName):
             names.append(f"DNS:{entry.value}")
