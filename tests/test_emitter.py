@@ -506,25 +506,25 @@ async def test_many_async_listeners_in_order() -> None:
     assert log == list(range(50))
 
 
-# --- take_listeners() ---------------------------------------------------------------
+# --- _take_listeners() ---------------------------------------------------------------
 
 
 def test_take_listeners_returns_listeners_in_order_and_drops_once() -> None:
     em = EventEmitter()
     f, g, h = (lambda: None), (lambda: None), (lambda: None)
     em.on("x", f).once("x", g).on("x", h).on("y", f)
-    assert em.take_listeners("x") == [f, g, h]
+    assert em._take_listeners("x") == [f, g, h]
     assert em.listeners("x") == [f, h]
-    assert em.take_listeners("x") == [f, h]
+    assert em._take_listeners("x") == [f, h]
     assert em.listeners("x") == [f, h]
     assert em.listeners("y") == [f]
-    assert em.take_listeners("none") == []
+    assert em._take_listeners("none") == []
 
 
 def test_take_listeners_does_not_call_anything() -> None:
     em, log = EventEmitter(), []
     em.once("x", recorder(log, "a")).once("x", recorder(log, "b"))
-    taken = em.take_listeners("x")
+    taken = em._take_listeners("x")
     assert log == []
     assert em.listener_count("x") == 0
     for listener in taken:

@@ -141,7 +141,7 @@ class EventEmitter:
 
     # -- emission ---------------------------------------------------------
 
-    def take_listeners(self, event: str) -> list[Listener]:
+    def _take_listeners(self, event: str) -> list[Listener]:
         """The listeners an emission of *event* would call now, in order;
         ``once`` listeners are removed (for callers that dispatch themselves)."""
         entries = self._events.get(event, ())

@@ -161,10 +161,10 @@ class Server(EventEmitter):
         await self._closed.wait()
 
     # _Owner, for the streams this server accepted.
-    def listener_failed(self, exc: BaseException) -> None:
+    def _listener_failed(self, exc: BaseException) -> None:
         self._block.fail(exc)
 
-    def unhandled_error(self, stream: Stream, exc: BaseException) -> None:
+    def _unhandled_error(self, stream: Stream, exc: BaseException) -> None:
         logger.error("unhandled 'error' on %r", stream, exc_info=exc)
 
     # -- listening ---------------------------------------------------------
@@ -358,7 +358,7 @@ class Server(EventEmitter):
             if pending is not None:
                 await pending
         except Exception as exc:  # a listener raised
-            self.listener_failed(exc)
+            self._listener_failed(exc)
 
     def _accepted(self, transport: SocketTransport) -> None:
         limit = self._options.max_connections
@@ -379,7 +379,7 @@ class Server(EventEmitter):
             try:
                 pending = self._dispatch_connection(stream)
             except Exception as exc:  # a 'connection' listener raised
-                self.listener_failed(exc)
+                self._listener_failed(exc)
                 stream.destroy()
                 pending = []
             if not pending:
@@ -412,7 +412,7 @@ class Server(EventEmitter):
         for a connection without them)."""
         pending: list[Awaitable[object]] = []
         try:
-            for listener in self.take_listeners("connection"):
+            for listener in self._take_listeners("connection"):
                 result = listener(stream)
                 if result is not None and inspect.isawaitable(result):
                     pending.append(result)
@@ -431,7 +431,7 @@ class Server(EventEmitter):
                 first_step.set()
                 await pending
         except Exception as exc:
-            self.listener_failed(exc)
+            self._listener_failed(exc)
         finally:
             first_step.set()
 

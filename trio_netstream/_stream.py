@@ -86,10 +86,10 @@ CloseListener = Callable[[bool], object]
 class _Owner(Protocol):
     """Who a stream reports to: its own ``async with`` block, or its server."""
 
-    def listener_failed(self, exc: BaseException) -> None:
+    def _listener_failed(self, exc: BaseException) -> None:
         """A listener raised: cancel the owner's block and re-raise *exc* from it."""
 
-    def unhandled_error(self, stream: Stream, exc: BaseException) -> None:
+    def _unhandled_error(self, stream: Stream, exc: BaseException) -> None:
         """An ``'error'`` nobody listened to."""
 
 
@@ -358,12 +358,12 @@ class Stream(EventEmitter):
         await trio.lowlevel.checkpoint()
 
     # _Owner, for a stream that runs in its own block.
-    def listener_failed(self, exc: BaseException) -> None:
+    def _listener_failed(self, exc: BaseException) -> None:
         self.destroy()
         if self._block is not None:
             self._block.fail(exc)
 
-    def unhandled_error(self, stream: Stream, exc: BaseException) -> None:
+    def _unhandled_error(self, stream: Stream, exc: BaseException) -> None:
         if self._block is not None:
             self._block.fail(exc)
 
@@ -413,7 +413,7 @@ class Stream(EventEmitter):
                 except TransportError as failure:
                     self._fail(conn, failure.error)
                 except Exception as exc:  # a listener raised
-                    self._owner.listener_failed(exc)
+                    self._owner._listener_failed(exc)  # pyright: ignore[reportPrivateUsage]  # the internal _Owner protocol
         finally:
             conn.task_nursery = None
             for task_scope in conn.scopes:
@@ -446,7 +446,7 @@ class Stream(EventEmitter):
         except TransportError as failure:
             self._fail(conn, failure.error)
         except Exception as exc:  # a listener raised
-            self._owner.listener_failed(exc)
+            self._owner._listener_failed(exc)  # pyright: ignore[reportPrivateUsage]  # the internal _Owner protocol
 
     async def _open(self, target: _Target) -> SocketTransport:
         candidates: list[tuple[int, int, int, Any]]
@@ -838,14 +838,14 @@ class Stream(EventEmitter):
             conn.set_closed()
             if unhandled:
                 assert error is not None
-                self._owner.unhandled_error(self, error)
+                self._owner._unhandled_error(self, error)  # pyright: ignore[reportPrivateUsage]  # the internal _Owner protocol
 
     async def _emit_final(self, event: str, *args: object) -> None:
         """Emit ``'error'`` / ``'close'``: a listener's exception goes to the owner."""
         try:
             await self._emit(event, *args)
         except Exception as exc:
-            self._owner.listener_failed(exc)
+            self._owner._listener_failed(exc)  # pyright: ignore[reportPrivateUsage]  # the internal _Owner protocol
 
     def _fail(self, conn: _Conn, error: BaseException) -> None:
         """Record a network failure (the first one wins) and stop the I/O."""
