@@ -483,6 +483,7 @@ class Server(EventEmitter):
 
     @property
     def listening(self) -> bool:
+        """Whether the server is accepting connections (Node's ``server.listening``)."""
         return self._listening and not self._closing
 
     @property

@@ -206,7 +206,9 @@ class Stream(EventEmitter):
 
     Create one with :func:`~trio_netstream.create_connection`,
     ``Stream(**options)`` followed by :meth:`connect`, or :meth:`wrap`; run
-    it with ``async with``. See the module docstring for the task layout.
+    it with ``async with``: the block starts the stream's tasks, leaving it
+    normally waits for ``'close'``, leaving it by an exception or a
+    cancellation destroys the stream (``'close'`` is still emitted).
 
     Args:
         allow_half_open: keep the writable side open after the peer's
@@ -216,6 +218,9 @@ class Stream(EventEmitter):
         keep_alive: enable TCP keep-alive.
         keep_alive_initial_delay: keep-alive idle time, in milliseconds.
         high_water_mark: queued bytes at which :meth:`write` returns ``False``.
+        ssl: an ``ssl.SSLContext`` (or ``True`` for a default client context):
+            TLS from the first byte, ``'secure'`` after ``'connect'``.
+        server_hostname: the name to verify and send as SNI with ``ssl``.
 
     Raises:
         TypeError, ValueError: an option has the wrong type or value.
@@ -1142,6 +1147,7 @@ class Stream(EventEmitter):
 
     @property
     def is_paused(self) -> bool:
+        """Whether :meth:`pause` is in effect (Node's ``isPaused()``)."""
         return self._paused
 
     def set_encoding(self, encoding: str | None = None) -> Self:
@@ -1188,7 +1194,7 @@ class Stream(EventEmitter):
 
     @property
     def timeout(self) -> float:
-        """The idle timeout in milliseconds (``0``: none)."""
+        """The idle timeout in milliseconds; ``0`` means none."""
         return self._timeout * 1000
 
     def set_no_delay(self, no_delay: bool = True) -> Self:
@@ -1258,22 +1264,27 @@ class Stream(EventEmitter):
 
     @property
     def remote_address(self) -> str | None:
+        """The peer's IP address (``None`` for UNIX sockets and before connecting)."""
         return None if self._conn is None else self._conn.peer[0]
 
     @property
     def remote_port(self) -> int | None:
+        """The peer's port (``None`` for UNIX sockets and before connecting)."""
         return None if self._conn is None else self._conn.peer[1]
 
     @property
     def remote_family(self) -> str | None:
+        """``"IPv4"`` or ``"IPv6"`` (``None`` for UNIX sockets and before connecting)."""
         return None if self._conn is None else self._conn.peer[2]
 
     @property
     def local_address(self) -> str | None:
+        """This side's IP address (``None`` for UNIX sockets and before connecting)."""
         return None if self._conn is None else self._conn.local[0]
 
     @property
     def local_port(self) -> int | None:
+        """This side's port (``None`` for UNIX sockets and before connecting)."""
         return None if self._conn is None else self._conn.local[1]
 
     @property
@@ -1283,10 +1294,12 @@ class Stream(EventEmitter):
 
     @property
     def allow_half_open(self) -> bool:
+        """Whether the writable side stays open after the peer's ``'end'``."""
         return self._options.allow_half_open
 
     @property
     def high_water_mark(self) -> int:
+        """Queued bytes at which :meth:`write` returns ``False``."""
         return self._options.high_water_mark
 
     @property
@@ -1340,7 +1353,10 @@ class Stream(EventEmitter):
             await conn.wait_flushed()
 
     async def wait_closed(self) -> None:
-        """Wait until the current connection has emitted ``'close'``."""
+        """Wait until the current connection has emitted ``'close'``.
+
+        Cancelling the wait leaves the stream as it is.
+        """
         await self._wait_fully_closed()
 
     def __aiter__(self) -> AsyncIterator[bytes | str]:
