@@ -58,12 +58,13 @@ def _lone_exception(exc: BaseException) -> BaseException | None:
 class Block:
     """One ``async with`` run: a nursery, and the first failure to re-raise."""
 
-    __slots__ = ("_manager", "fatal", "nursery")
+    __slots__ = ("_manager", "fatal", "nursery", "shutting_down")
 
     def __init__(self) -> None:
         self._manager: Any = None
         self.nursery: trio.Nursery | None = None
         self.fatal: BaseException | None = None
+        self.shutting_down = False
 
     @property
     def running(self) -> bool:
@@ -105,6 +106,7 @@ class Block:
             except BaseException as waited:  # cancellation while waiting
                 exc = waited
         if exc is not None or self.fatal is not None:
+            self.shutting_down = True  # no new connection may start now
             shut_down()
         manager, self._manager = self._manager, None
         try:
@@ -119,7 +121,17 @@ class Block:
                 raise
         finally:
             self.nursery = None
+            self.shutting_down = False
         fatal, self.fatal = self.fatal, None
+        if (
+            fatal is not None
+            and original is not None
+            and fatal is not original
+            and not _only_cancelled(original)  # our own cancellation of the body
+        ):
+            # The body's own exception wins; the listener's is not lost.
+            logger.error("a listener failed while the block was exiting", exc_info=fatal)
+            return False
         if fatal is not None and fatal is not original:
             raise fatal
         if exc is not None and exc is not original:

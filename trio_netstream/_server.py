@@ -102,6 +102,7 @@ class Server(EventEmitter):
         "_closed",
         "_closing",
         "_connections",
+        "_handler_scopes",
         "_listening",
         "_live_tasks",
         "_options",
@@ -129,6 +130,7 @@ class Server(EventEmitter):
         self._unlink_path: str | None = None
         self._accept_scope: trio.CancelScope | None = None
         self._connections: set[Stream] = set()
+        self._handler_scopes: set[trio.CancelScope] = set()
         self._live_tasks = 0
         self._tasks_done = trio.lowlevel.ParkingLot()
         self._listening = False
@@ -155,6 +157,8 @@ class Server(EventEmitter):
         self.close()
         for stream in list(self._connections):
             stream.destroy()
+        for scope in self._handler_scopes:
+            scope.cancel()  # async connection listeners end with the block
 
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` was called and the server emitted ``'close'``."""
@@ -389,6 +393,10 @@ class Server(EventEmitter):
                     self._connections.discard(stream)
                 return
             async with trio.open_nursery() as handlers:
+                # Async connection listeners end with the block (see _shut_down).
+                self._handler_scopes.add(handlers.cancel_scope)
+                if self._block.shutting_down:
+                    handlers.cancel_scope.cancel()
                 started: list[trio.Event] = []
                 for awaitable in pending:
                     first_step = trio.Event()
@@ -402,6 +410,7 @@ class Server(EventEmitter):
                     await stream._lifecycle(conn, nursery)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
                 finally:
                     self._connections.discard(stream)
+            self._handler_scopes.discard(handlers.cancel_scope)
         finally:
             self._live_tasks -= 1
             self._tasks_done.unpark_all()

@@ -169,6 +169,7 @@ class _Conn:
     in_receive: bool = False
     read_stopped: bool = False
     timer_running: bool = False
+    timer_wait: trio.CancelScope | None = None
     peer: tuple[str | None, int | None, str | None] = (None, None, None)
     local: tuple[str | None, int | None] = (None, None)
     upgrade: _Upgrade | None = None
@@ -403,6 +404,8 @@ class Stream(EventEmitter):
                     if conn.transport is None:
                         assert conn.target is not None
                         conn.transport = await self._open(conn.target)
+                        if conn.io_cancelled:
+                            return  # destroyed as the connection came up: teardown closes it
                         if conn.upgrade is None:
                             conn.direct = conn.transport
                         self._note_addresses(conn)
@@ -470,7 +473,12 @@ class Stream(EventEmitter):
             candidates = [(family, kind, proto, addr) for family, kind, proto, _, addr in infos]
         last_error: BaseException | None = None
         for family, kind, proto, address in candidates:
-            plain = _stdlib_socket.socket(family, kind, proto)
+            try:
+                with transport_errors():
+                    plain = _stdlib_socket.socket(family, kind, proto)
+            except TransportError as failure:  # EMFILE, or a family this host lacks
+                last_error = failure
+                continue
             plain.setblocking(False)
             sock = trio.socket.from_stdlib_socket(plain)
             try:
@@ -590,7 +598,7 @@ class Stream(EventEmitter):
 
     def _has_consumer(self) -> bool:
         feed = self._feed
-        return "data" in self._events or (feed is not None and not feed.finished)
+        return "data" in self._events or (feed is not None and feed.alive)
 
     def _wake_reader(self, *, upgrade: bool = False) -> None:
         """A consumer arrived, the stream resumed, or TLS starts: let the
@@ -616,6 +624,14 @@ class Stream(EventEmitter):
         after ``'secure'``. The writer has sent the plaintext written before
         the call and waits; the reader is the only task using the socket.
         """
+        # Plaintext the decoder still holds (a split character) ends here too.
+        if self._carry:
+            await self._deliver(b"")
+        if self._decoder is not None:
+            tail = self._decoder.flush()
+            if tail:
+                await self._deliver_decoded(tail)
+            self._decoder = get_decoder(self._encoding or "utf8")
         if self._unconsumed and self._has_consumer():
             await self._flush_unconsumed()
         self._unconsumed.clear()
@@ -678,6 +694,10 @@ class Stream(EventEmitter):
         feed = self._feed
         if feed is not None and not feed.finished and not await feed.put(chunk):
             self._feed = None
+            if "data" not in self._events:
+                # The loop was left: nobody took this chunk; keep it, first in line.
+                self._unconsumed.insert(0, chunk)
+                self._unconsumed_size += len(chunk)
 
     async def _park_reader(self) -> None:
         if self._resume_lot is None:
@@ -803,14 +823,17 @@ class Stream(EventEmitter):
                 continue
             last = self._last_activity
             deadline = last + period
-            if trio.current_time() < deadline:
-                await trio.sleep_until(deadline)
-                continue
-            if last != fired_for:
-                fired_for = last
-                await self._emit("timeout")
-            # One 'timeout' per idle period: look again one period later.
-            await trio.sleep(period)
+            if trio.current_time() >= deadline:
+                if last != fired_for:
+                    fired_for = last
+                    await self._emit("timeout")
+                # One 'timeout' per idle period: look again one period later.
+                deadline = trio.current_time() + period
+            # A moving deadline: set_timeout() cancels this wait to re-plan.
+            with trio.move_on_at(deadline) as wait:
+                conn.timer_wait = wait
+                await trio.sleep_forever()
+            conn.timer_wait = None
 
     async def _teardown(self, conn: _Conn) -> None:
         """Close the transport, then emit ``'error'`` (if any) and ``'close'``."""
@@ -828,22 +851,25 @@ class Stream(EventEmitter):
                 await trio.aclose_forcefully(transport)
         error = conn.error
         unhandled = False
-        if error is not None:
-            handled_by_iterator = self._feed is not None and self._feed.finish(error)
-            if self.listener_count("error"):
-                await self._emit_final("error", error)
-            elif not handled_by_iterator:
-                unhandled = True
-        elif self._feed is not None:
-            self._feed.finish(None)
-        self._sm.apply(Input.CLOSED)
         try:
-            await self._emit_final("close", error is not None)
+            if error is not None:
+                handled_by_iterator = self._feed is not None and self._feed.finish(error)
+                if self.listener_count("error"):
+                    await self._emit_final("error", error)
+                elif not handled_by_iterator:
+                    unhandled = True
+            elif self._feed is not None:
+                self._feed.finish(None)
         finally:
-            conn.set_closed()
-            if unhandled:
-                assert error is not None
-                self._owner._unhandled_error(self, error)  # pyright: ignore[reportPrivateUsage]  # the internal _Owner protocol
+            # Even when an async 'error' listener was cancelled: 'close' comes.
+            self._sm.apply(Input.CLOSED)
+            try:
+                await self._emit_final("close", error is not None)
+            finally:
+                conn.set_closed()
+                if unhandled:
+                    assert error is not None
+                    self._owner._unhandled_error(self, error)  # pyright: ignore[reportPrivateUsage]  # the internal _Owner protocol
 
     async def _emit_final(self, event: str, *args: object) -> None:
         """Emit ``'error'`` / ``'close'``: a listener's exception goes to the owner."""
@@ -909,6 +935,8 @@ class Stream(EventEmitter):
             TypeError, ValueError: bad port, host or path.
             StreamStateError: the stream is not ``"closed"`` (or still closing).
         """
+        if self._block is not None and self._block.shutting_down:
+            raise StreamStateError("connect() is not allowed: the stream's block is exiting")
         if is_path(port):
             target = _Target(path=os.fspath(port))  # type: ignore[arg-type]  # is_path checked it
             if not target.path:
@@ -1190,6 +1218,8 @@ class Stream(EventEmitter):
                 self._start_timer(conn)
             if self._timer_lot is not None:
                 self._timer_lot.unpark_all()
+            if conn.timer_wait is not None:
+                conn.timer_wait.cancel()  # a shorter period applies now
         return self
 
     @property
@@ -1365,7 +1395,7 @@ class Stream(EventEmitter):
         Ends at ``'end'``; raises the stream's error (which then counts as
         handled). Reads only as fast as the loop consumes.
         """
-        if self._feed is not None and not self._feed.finished:
+        if self._feed is not None and self._feed.alive:
             raise StreamStateError("the stream is already being iterated")
         send, receive = trio.open_memory_channel[Any](0)
         feed = _Feed(send)
@@ -1484,9 +1514,16 @@ class _Feed:
             return False
         return True
 
+    @property
+    def alive(self) -> bool:
+        """Whether a consumer still iterates (the loop was not left)."""
+        return not self.finished and self.send.statistics().open_receive_channels > 0
+
     def finish(self, error: BaseException | None) -> bool:
-        """End the iteration (raising *error* there); ``False`` if already ended."""
-        if self.finished:
+        """End the iteration (raising *error* there); ``False`` if already ended
+        or nobody iterates any more."""
+        if not self.alive:
+            self.finished = True
             return False
         self.finished = True
         self.error = error
