@@ -119,3 +119,29 @@ async def test_a_close_listener_cannot_reconnect_while_the_block_exits() -> None
                 await trio.sleep(0.05)
                 raise ValueError("leaving")
         server.close()
+
+
+async def test_a_server_side_stream_cannot_reconnect() -> None:
+    """connect() on an accepted stream used to leave it 'opening' forever."""
+    errors: list[BaseException] = []
+
+    def on_connection(stream: net.Stream) -> None:
+        def on_close(had_error: bool) -> None:
+            try:
+                stream.connect(1)
+            except net.StreamStateError as exc:
+                errors.append(exc)
+
+        stream.on("close", on_close)
+        stream.on("end", stream.end)
+
+    with trio.fail_after(10):
+        async with net.create_server(on_connection) as server:
+            await server.listen(0, "127.0.0.1")
+            address = server.address()
+            assert isinstance(address, tuple)
+            async with net.create_connection(address[1]) as client:
+                client.end()
+            server.close()
+    assert len(errors) == 1
+    assert "accepted" in str(errors[0])

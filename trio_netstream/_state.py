@@ -84,8 +84,6 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
 
 #: States in which write() queues bytes.
 WRITABLE = frozenset({State.OPENING, State.OPEN, State.WRITE_ONLY})
-#: States in which a connection exists or is being made (a task is running).
-ACTIVE = frozenset(State) - {State.CLOSED}
 #: States in which this side has ended (or lost) its writable half.
 WRITE_ENDED = frozenset({State.OPENING_ENDED, State.READ_ONLY, State.ENDED, State.DESTROYED})
 

@@ -937,6 +937,8 @@ class Stream(EventEmitter):
         """
         if self._block is not None and self._block.shutting_down:
             raise StreamStateError("connect() is not allowed: the stream's block is exiting")
+        if self._server_side:
+            raise StreamStateError("connect() is not allowed on a stream a server accepted")
         if is_path(port):
             target = _Target(path=os.fspath(port))  # type: ignore[arg-type]  # is_path checked it
             if not target.path:
