@@ -367,7 +367,7 @@ class Server(EventEmitter):
     def _accepted(self, transport: SocketTransport) -> None:
         limit = self._options.max_connections
         if limit is not None and len(self._connections) >= limit:
-            transport.socket.close()
+            transport.close_now()
             return
         stream = Stream._for_server(transport, self._options.stream, self)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
         self._connections.add(stream)

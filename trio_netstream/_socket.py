@@ -28,15 +28,32 @@ _DEFAULT_RECEIVE = 64 * 1024
 class SocketTransport(trio.abc.HalfCloseableStream):
     """A connected stdlib socket as a ``trio.abc.HalfCloseableStream``."""
 
-    __slots__ = ("_eof_sent", "_sock", "socket")
+    __slots__ = ("_eof_sent", "_sock", "_trio_socket")
 
     def __init__(
         self, sock: _stdlib_socket.socket, trio_socket: trio.socket.SocketType | None = None
     ):
         sock.setblocking(False)
         self._sock = sock
-        self.socket = trio.socket.from_stdlib_socket(sock) if trio_socket is None else trio_socket
+        self._trio_socket = trio_socket  # made when first asked for: idle connections are lighter
         self._eof_sent = False
+
+    @property
+    def plain(self) -> _stdlib_socket.socket:
+        """The stdlib socket itself (for options and addresses)."""
+        return self._sock
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        """The Trio socket wrapping the same descriptor."""
+        if self._trio_socket is None:
+            self._trio_socket = trio.socket.from_stdlib_socket(self._sock)
+        return self._trio_socket
+
+    def close_now(self) -> None:
+        """Close at once, waking any task waiting on the descriptor first."""
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
 
     def try_send(self, data: bytes) -> int:
         """Send what the kernel takes now, without waiting; how many bytes went.
@@ -118,5 +135,5 @@ class SocketTransport(trio.abc.HalfCloseableStream):
             self._sock.shutdown(_stdlib_socket.SHUT_WR)
 
     async def aclose(self) -> None:
-        self.socket.close()
+        self.close_now()
         await trio.lowlevel.checkpoint()

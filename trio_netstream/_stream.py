@@ -191,6 +191,15 @@ class _Upgrade:
     done: trio.Event = attrs.Factory(trio.Event)
 
 
+def _plain_socket(transport: object) -> Any:
+    """The socket under *transport* for options and addresses (the stdlib one
+    of our own transport, so no Trio wrapper is made), or ``None``."""
+    raw = getattr(transport, "raw", transport)  # under TLS
+    if isinstance(raw, SocketTransport):
+        return raw.plain
+    return getattr(raw, "socket", None)  # e.g. a wrapped trio.SocketStream
+
+
 def _check_chunk(data: object, encoding: object) -> bytes:
     if isinstance(data, bytes):
         return data
@@ -1249,7 +1258,7 @@ class Stream(EventEmitter):
         return self
 
     def _apply_socket_options(self) -> None:
-        sock = self.socket
+        sock = None if self._conn is None else _plain_socket(self._conn.transport)
         if sock is None or sock.family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
             return
         options = self._options
@@ -1340,7 +1349,7 @@ class Stream(EventEmitter):
         return 0 if self._conn is None else self._conn.queued
 
     def _note_addresses(self, conn: _Conn) -> None:
-        sock = getattr(conn.transport, "socket", None)
+        sock = _plain_socket(conn.transport)
         if sock is None or sock.family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
             return
         family = "IPv6" if sock.family == _stdlib_socket.AF_INET6 else "IPv4"
