@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+from netstream_testing import IPV6, IPV6_REASON
 from trio.testing import wait_all_tasks_blocked
 
 import trio_netstream as net
@@ -25,21 +26,6 @@ from trio_netstream import StreamStateError
 
 KiB = 1024
 MiB = 1024 * KiB
-
-
-def _ipv6_loopback_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-IPV6 = _ipv6_loopback_available()
-IPV6_REASON = "IPv6 loopback (::1) cannot be bound on this host"
 
 
 class Transport:

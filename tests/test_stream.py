@@ -10,10 +10,8 @@ Timed behaviour runs on the ``autojump_clock``. Each test is bounded by
 from __future__ import annotations
 
 import base64
-import functools
 import itertools
 import math
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,33 +19,11 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from netstream_testing import LIMIT, bounded, read_to_eof
 from trio.testing import lockstep_stream_pair, memory_stream_pair, wait_all_tasks_blocked
 
 import trio_netstream as net
 from trio_netstream import Stream, StreamStateError
-
-#: Upper bound of every test (virtual seconds under ``autojump_clock``).
-LIMIT = 10
-
-
-def bounded(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Run the test under ``trio.fail_after(LIMIT)``: a hang becomes a failure."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> None:
-        with trio.fail_after(LIMIT):
-            await fn(*args, **kwargs)
-
-    return wrapper
-
-
-async def read_to_eof(peer: trio.abc.ReceiveStream) -> bytes:
-    """Everything the peer receives until EOF."""
-    data = bytearray()
-    while chunk := await peer.receive_some():
-        data += chunk
-    return bytes(data)
-
 
 # --- structured lifecycle ------------------------------------------------------
 

@@ -29,6 +29,7 @@ import pytest
 import trio
 import trustme
 from cryptography import x509
+from netstream_testing import read_to_eof
 from trio.testing import memory_stream_pair, wait_all_tasks_blocked
 
 import trio_netstream as net
@@ -223,13 +224,6 @@ def client_hello(ctx: ssl.SSLContext) -> bytes:
     with pytest.raises(ssl.SSLWantReadError):
         obj.do_handshake()
     return outgoing.read()
-
-
-async def read_to_eof(stream: trio.abc.ReceiveStream) -> bytes:
-    data = bytearray()
-    while chunk := await stream.receive_some(64 * KiB):
-        data += chunk
-    return bytes(data)
 
 
 async def drain_raw_until_closed(stream: trio.abc.ReceiveStream) -> None:

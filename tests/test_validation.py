@@ -17,47 +17,28 @@ them.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import math
 import os
 import resource
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 import trustme
+from netstream_testing import bounded, read_to_eof
 from trio.testing import memory_stream_pair, wait_all_tasks_blocked
 
 import trio_netstream as net
 from trio_netstream import Stream, StreamStateError
 
 #: Upper bound of every test (virtual seconds under ``autojump_clock``).
-LIMIT = 10
 
 SERVER_EVENTS = ("listening", "close", "error")
-
-
-def bounded(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Run the test under ``trio.fail_after(LIMIT)``: a hang becomes a failure."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> None:
-        with trio.fail_after(LIMIT):
-            await fn(*args, **kwargs)
-
-    return wrapper
-
-
-async def read_to_eof(peer: trio.abc.ReceiveStream) -> bytes:
-    data = bytearray()
-    while chunk := await peer.receive_some():
-        data += chunk
-    return bytes(data)
 
 
 def echo(conn: Stream) -> None:

@@ -13,24 +13,11 @@ import socket
 from typing import Any
 
 import trio
+from netstream_testing import IPV6 as IPV6
 
 import trio_netstream as net
 
 LOOPBACK = "127.0.0.1"
-
-
-def _ipv6_loopback_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-IPV6 = _ipv6_loopback_available()
 
 
 def unused_port() -> int:
