@@ -48,7 +48,7 @@ import trio
 
 from ._block import Block
 from ._emitter import EventEmitter
-from ._encoding import Decoder, encode, get_decoder
+from ._encoding import Decoder, encode, get_decoder, normalize
 from ._errors import StreamStateError, TransportError, translate, transport_errors
 from ._options import StreamOptions, check_number, check_port, check_timeout_ms, is_path
 from ._socket import SocketTransport
@@ -109,7 +109,7 @@ class _Conn:
     target: _Target | None
     transport: trio.abc.Stream | None = None
     io_cancelled: bool = False
-    queue: list[bytes] = attrs.Factory(list[bytes])
+    queue: list[bytes | memoryview] = attrs.Factory(list[bytes | memoryview])
     queued: int = 0
     need_drain: bool = False
     error: BaseException | None = None
@@ -174,7 +174,7 @@ class _Conn:
     local: tuple[str | None, int | None] = (None, None)
     upgrade: _Upgrade | None = None
     direct: SocketTransport | None = None  # set while write() may send at once
-    plain_queue: list[bytes] = attrs.Factory(list[bytes])
+    plain_queue: list[bytes | memoryview] = attrs.Factory(list[bytes | memoryview])
     tls: TLSTransport | None = None
     verification: Verification | None = None
 
@@ -202,6 +202,8 @@ def _plain_socket(transport: object) -> Any:
 
 def _check_chunk(data: object, encoding: object) -> bytes:
     if isinstance(data, bytes):
+        if encoding != "utf8" and encoding is not None:
+            normalize(encoding)  # as Node: a bad encoding throws even for a Buffer
         return data
     if isinstance(data, str):
         return encode(data, "utf8" if encoding is None else encoding)  # type: ignore[arg-type]  # normalize() checks it
@@ -760,7 +762,8 @@ class Stream(EventEmitter):
                     upgrade.writer_ready.set()
                     await upgrade.done.wait()
                     transport = conn.transport
-                    assert transport is not None
+                    if transport is None:  # torn down as the handshake ended
+                        return
                     send_all = transport.send_all
                     continue
                 queue = conn.queue
@@ -799,7 +802,7 @@ class Stream(EventEmitter):
             conn.finish_writer()
 
     @staticmethod
-    def _take(conn: _Conn) -> bytes:
+    def _take(conn: _Conn) -> bytes | memoryview:
         queue = conn.queue
         if len(queue) == 1:
             conn.queue = []
@@ -999,6 +1002,7 @@ class Stream(EventEmitter):
         if not accepted:
             conn.need_drain = True
         if chunk:
+            rest: bytes | memoryview = chunk
             direct = conn.direct
             if direct is not None and not conn.queued and state is not State.OPENING:
                 # Nothing queued or in flight: send now, as libuv's try-write.
@@ -1012,9 +1016,10 @@ class Stream(EventEmitter):
                     if not accepted and "drain" in self._events:
                         self._kick_writer(conn)  # to emit 'drain'
                     return accepted
-                chunk = chunk[sent:]
-            conn.queue.append(chunk)
-            conn.queued += len(chunk)
+                if sent:
+                    rest = memoryview(chunk)[sent:]  # without a copy
+            conn.queue.append(rest)
+            conn.queued += len(rest)
             self._kick_writer(conn)
         return accepted
 
