@@ -16,11 +16,37 @@ descriptor are woken first (``trio.lowlevel.notify_closing``).
 
 from __future__ import annotations
 
+import errno
+import os
 import socket as _stdlib_socket
+from typing import Any
 
 import trio
 
-__all__ = ["SocketTransport"]
+__all__ = ["SocketTransport", "connect"]
+
+
+async def connect(sock: _stdlib_socket.socket, address: Any) -> None:
+    """Connect the non-blocking stdlib *sock* to *address*, as Trio's
+    ``socket.connect`` does (a checkpoint; cancellable while the handshake
+    is in flight; the caller closes the socket on failure), without making a
+    Trio socket wrapper.
+
+    Raises:
+        OSError: the connection failed (``ECONNREFUSED``, ``ENOENT``, ...).
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    code = sock.connect_ex(address)
+    if code == 0:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return
+    if code != errno.EINPROGRESS:
+        raise OSError(code, f"Error connecting to {address!r}: {os.strerror(code)}")
+    await trio.lowlevel.wait_writable(sock)
+    code = sock.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ERROR)
+    if code != 0:
+        raise OSError(code, f"Error connecting to {address!r}: {os.strerror(code)}")
+
 
 _DEFAULT_RECEIVE = 64 * 1024
 

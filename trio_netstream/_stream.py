@@ -51,7 +51,7 @@ from ._emitter import EventEmitter
 from ._encoding import Decoder, encode, get_decoder, normalize
 from ._errors import StreamStateError, TransportError, translate, transport_errors
 from ._options import StreamOptions, check_number, check_port, check_timeout_ms, is_path
-from ._socket import SocketTransport
+from ._socket import SocketTransport, connect
 from ._state import WRITABLE, WRITE_ENDED, Input, State, StateMachine
 from ._tls import (
     TLSTransport,
@@ -198,6 +198,17 @@ def _plain_socket(transport: object) -> Any:
     if isinstance(raw, SocketTransport):
         return raw.plain
     return getattr(raw, "socket", None)  # e.g. a wrapped trio.SocketStream
+
+
+def _numeric_candidates(host: str, port: int | None) -> list[tuple[int, int, int, Any]] | None:
+    """Where to connect for an IP literal, without a checkpoint; ``None`` for a name."""
+    try:
+        infos = _stdlib_socket.getaddrinfo(
+            host, port, type=_stdlib_socket.SOCK_STREAM, flags=_stdlib_socket.AI_NUMERICHOST
+        )
+    except (_stdlib_socket.gaierror, UnicodeError):
+        return None
+    return [(family, kind, proto, address) for family, kind, proto, _, address in infos]
 
 
 def _check_chunk(data: object, encoding: object) -> bytes:
@@ -365,7 +376,7 @@ class Stream(EventEmitter):
     ) -> bool:
         try:
             assert self._block is not None
-            return await self._block.exit(exc, self._wait_fully_closed, self.destroy)
+            return await self._block.exit(exc, self._wait_closed_on_exit, self.destroy)
         finally:
             self._nursery = None
 
@@ -373,6 +384,13 @@ class Stream(EventEmitter):
         while self._conn is not None and not self._conn.closed:
             await self._conn.wait_closed()
         await trio.lowlevel.checkpoint()
+
+    async def _wait_closed_on_exit(self) -> None:
+        # Leaving the block is a checkpoint: a cancel point here, and the
+        # schedule point of the block's nursery as it exits.
+        while self._conn is not None and not self._conn.closed:
+            await self._conn.wait_closed()
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     # _Owner, for a stream that runs in its own block.
     def _listener_failed(self, exc: BaseException) -> None:
@@ -472,16 +490,20 @@ class Stream(EventEmitter):
         if target.path is not None:
             candidates = [(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM, 0, target.path)]
         else:
-            with transport_errors():
-                try:
-                    infos = await trio.socket.getaddrinfo(
-                        target.host, target.port, type=_stdlib_socket.SOCK_STREAM
-                    )
-                except UnicodeError as exc:  # not a valid host name (IDNA): not found
-                    raise _stdlib_socket.gaierror(
-                        _stdlib_socket.EAI_NONAME, f"invalid host name {target.host!r}: {exc}"
-                    ) from exc
-            candidates = [(family, kind, proto, addr) for family, kind, proto, _, addr in infos]
+            numeric = _numeric_candidates(target.host, target.port)
+            if numeric is not None:
+                candidates = numeric
+            else:
+                with transport_errors():
+                    try:
+                        infos = await trio.socket.getaddrinfo(
+                            target.host, target.port, type=_stdlib_socket.SOCK_STREAM
+                        )
+                    except UnicodeError as exc:  # not a valid host name (IDNA): not found
+                        raise _stdlib_socket.gaierror(
+                            _stdlib_socket.EAI_NONAME, f"invalid host name {target.host!r}: {exc}"
+                        ) from exc
+                candidates = [(family, kind, proto, addr) for family, kind, proto, _, addr in infos]
         last_error: BaseException | None = None
         for family, kind, proto, address in candidates:
             try:
@@ -491,18 +513,17 @@ class Stream(EventEmitter):
                 last_error = failure
                 continue
             plain.setblocking(False)
-            sock = trio.socket.from_stdlib_socket(plain)
             try:
                 with transport_errors():
-                    await sock.connect(address)
+                    await connect(plain, address)
             except TransportError as failure:
-                sock.close()
+                plain.close()
                 last_error = failure
                 continue
             except BaseException:
-                sock.close()
+                plain.close()
                 raise
-            return SocketTransport(plain, sock)
+            return SocketTransport(plain)
         assert last_error is not None
         raise last_error
 
@@ -856,7 +877,9 @@ class Stream(EventEmitter):
         conn.flushed()
         conn.direct = None
         transport, conn.transport = conn.transport, None
-        if transport is not None:
+        if isinstance(transport, SocketTransport):
+            transport.close_now()  # no need to wait: 'close' follows at once
+        elif transport is not None:
             # Shielded and bounded: also when the owner's scope is cancelled,
             # the transport closes and 'close' is emitted below.
             with trio.CancelScope(shield=True):
