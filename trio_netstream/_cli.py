@@ -352,6 +352,7 @@ async def demo(
         certificates = throwaway_certificates()
         server_options["ssl"] = certificates.server_context()
         client_options["ssl"] = certificates.client_context()
+    served = trio.Event()  # the server's side of the one connection has closed
 
     def echo(stream: Stream) -> None:
         # The seed's example, line by line.
@@ -377,6 +378,7 @@ async def demo(
         stream.on("data", on_data)
         stream.on("end", on_end)
         stream.on("close", lambda had_error: server_event("close", had_error))
+        stream.on("close", lambda _had_error: served.set())
 
     async with create_server(echo, **server_options) as server:
         server.on("listening", lambda: server_event("listening", server.address()))
@@ -401,6 +403,9 @@ async def demo(
         async with client:
             client.write("ping\r\n")
             client.end("pong\r\n")
+        # Both ends close on their own schedule; wait for the server's so the
+        # transcript reads the same on every run.
+        await served.wait()
         out(f"client bytes_read={client.bytes_read} bytes_written={client.bytes_written}")
         server.close()
 

@@ -20,8 +20,9 @@ Modes:
                tally, wait for a line on stdin, end the served ones cleanly.
 ``slowloris``  open ``--count`` connections; odd ones send 1 byte, even ones
                nothing; report ``holding``; wait until the server closed every
-               one (EOF or reset; the byte may be echoed first, nothing else may
-               come); report ``dropped``.
+               one (EOF or reset; the echo server must have echoed the byte
+               first, nothing else may come); report ``dropped`` and how many
+               of those closes were a clean EOF.
 """
 
 from __future__ import annotations
@@ -242,8 +243,8 @@ def slowloris(args: argparse.Namespace, deadline: Deadline) -> None:
         if index % 2:
             sock.send(b"!")  # one byte, then silence
     report(event="holding", count=len(socks))
-    dropped = 0
-    # An echo server may send the byte back: nothing else may come.
+    dropped = clean = 0
+    # The echo server sends the byte back before it drops us; nothing else may come.
     allowed = {sock.fileno(): b"!" if index % 2 else b"" for index, sock in enumerate(socks)}
     with selectors.DefaultSelector() as selector:
         for sock in socks:
@@ -255,17 +256,20 @@ def slowloris(args: argparse.Namespace, deadline: Deadline) -> None:
                 try:
                     chunk = sock.recv(64)
                 except _DISCONNECTED:
-                    chunk = b""
+                    chunk = None
                 if chunk:
                     if not allowed[key.fd].startswith(chunk):
                         raise AssertionError(f"the server sent {chunk!r}")
                     allowed[key.fd] = allowed[key.fd][len(chunk) :]
                     continue
+                if allowed[key.fd]:
+                    raise AssertionError(f"dropped before echoing {allowed[key.fd]!r}")
                 selector.unregister(sock)
                 dropped += 1
+                clean += chunk == b""
     for sock in socks:
         sock.close()
-    report(event="dropped", count=dropped)
+    report(event="dropped", count=dropped, clean_eof=clean)
 
 
 def main() -> None:

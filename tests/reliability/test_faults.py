@@ -17,8 +17,6 @@ from __future__ import annotations
 import errno
 import functools
 import gc
-import hashlib
-import os
 import random
 import socket
 import ssl
@@ -26,22 +24,17 @@ import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import trio
-import trustme
-from conftest import Recorder
+from netstream_testing import NETWORK_LIMIT, Certs, KiB, MiB, Tally, open_fds, sha
 from trio.testing import lockstep_stream_pair, memory_stream_pair, wait_all_tasks_blocked
 
 import trio_netstream as net
 from trio_netstream import StreamStateError
-
-KiB = 1024
-MiB = 1024 * KiB
-LIMIT = 20  # seconds, for every test
 
 #: A peer in a child process: ``accept FD`` accepts one connection on an
 #: inherited listening socket, ``connect PORT`` connects to 127.0.0.1; either
@@ -65,35 +58,11 @@ def pattern(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def sha(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def tasks_under(task: trio.lowlevel.Task) -> int:
     """How many tasks live below *task* (its nurseries' children, recursively)."""
     return sum(
         1 + tasks_under(child) for nursery in task.child_nurseries for child in nursery.child_tasks
     )
-
-
-class Tally:
-    """A counter that tasks can wait on."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lot = trio.lowlevel.ParkingLot()
-
-    def add(self, *_: object) -> None:
-        self.count += 1
-        self._lot.unpark_all()
-
-    async def wait_for(self, count: int) -> None:
-        while self.count < count:
-            await self._lot.park()
 
 
 def assert_reset(err: BaseException) -> None:
@@ -199,22 +168,6 @@ async def rude_peer(how: str, port: int) -> AsyncIterator[Callable[[], Awaitable
             await sock.aclose()
 
 
-@dataclass(frozen=True)
-class Certs:
-    server_ctx: ssl.SSLContext
-    client_ctx: ssl.SSLContext
-
-
-@pytest.fixture(scope="module")
-def certs() -> Certs:
-    ca = trustme.CA()
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca.configure_trust(client_ctx)
-    return Certs(server_ctx, client_ctx)
-
-
 def tls_options(kind: str, certs: Certs) -> dict[str, Any]:
     if kind != "tls":
         return {}
@@ -232,7 +185,7 @@ async def test_peer_reset_while_reading_delivers_every_byte_then_one_error(
     """Every byte the peer sent before its reset is delivered, then exactly one
     ``ECONNRESET`` (through an ``'error'`` listener, ``async for``, or raised
     from the block), then ``'close'(True)`` and no ``'end'``."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         payload = pattern(1 * MiB, 1)
         got_all = trio.Event()
 
@@ -293,7 +246,10 @@ async def test_peer_reset_while_reading_delivers_every_byte_then_one_error(
         assert rec.events == ["connect", *secure, *data, *error, ("close", True)]
         assert_reset(err)
         assert sha(received) == sha(payload)
-        assert stream.bytes_read >= len(payload)
+        if kind == "tls":
+            assert stream.bytes_read >= len(payload)
+        else:
+            assert stream.bytes_read == len(payload)  # the peer sent nothing else
         assert_closed_for_good(stream, rec)
 
 
@@ -308,7 +264,7 @@ async def test_peer_reset_with_a_large_write_queued(
     the high-water mark: one ``'error'`` (``ECONNRESET``, the error a read
     reports), ``await drain()`` raises that same error, ``'close'(True)``,
     and no ``'drain'``."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         kind, fault = how.split("-")
         queued = trio.Event()
 
@@ -350,7 +306,7 @@ async def test_peer_process_killed_with_a_write_queued(record: Any) -> None:
     """The peer is a process that accepted and never read; ``SIGKILL`` makes
     the kernel reset the connection: one ``ECONNRESET``, ``'close'(True)``,
     and a pending ``drain()`` raises instead of hanging."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         listening = socket.socket()
         try:
             listening.bind(("127.0.0.1", 0))
@@ -394,7 +350,7 @@ async def test_server_keeps_serving_while_one_peer_vanishes_mid_transfer(
     killed) with a reply queued gets one ``ECONNRESET`` and ``'close'(True)``;
     the connections in flight at that moment finish intact and the server
     goes on listening."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         payload = pattern(4 * MiB, 4)
         server_recs: list[Any] = []
         server_streams: list[net.Stream] = []
@@ -478,7 +434,7 @@ async def test_client_listener_raising_during_a_reset_propagates_once(
     """An ``'error'`` or ``'close'`` listener that raises while the stream is
     being reset: the exception leaves the block unwrapped, ``'error'`` and
     ``'close'(True)`` are each emitted once, the socket is closed."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
 
         async def peer(listener: trio.SocketListener) -> None:
             sock = await listener.accept()
@@ -512,7 +468,7 @@ async def test_server_side_error_listener_raising_during_a_reset_ends_the_server
     the exception leaves the server's block unwrapped, that stream still
     emits ``'close'(True)``, and the server's other connections are destroyed
     (their peers see EOF, not a hang)."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         server_recs: list[Any] = []
         accepted = Tally()
 
@@ -550,11 +506,12 @@ async def test_server_side_error_listener_raising_during_a_reset_ends_the_server
 # -- connect failures, seen through every consumer ---------------------------------------
 
 
-def _failure_target(failure: str, unix_path: str) -> tuple[Any, ...]:
+def _failure_target(failure: str, unix_path: str, stack: ExitStack) -> tuple[Any, ...]:
     if failure == "refused":
-        with socket.socket() as probe:  # a port with nothing listening on it
-            probe.bind(("127.0.0.1", 0))
-            return (probe.getsockname()[1], "127.0.0.1")
+        # A port bound (so no one else can take it) but not listening: refused.
+        probe = stack.enter_context(socket.socket())
+        probe.bind(("127.0.0.1", 0))
+        return (probe.getsockname()[1], "127.0.0.1")
     if failure == "stale_unix":
         with socket.socket(socket.AF_UNIX) as probe:  # the file stays, nobody listens
             probe.bind(unix_path)
@@ -586,9 +543,9 @@ async def test_connect_failure_reaches_each_consumer_once(
     with writes and ``end()`` queued: the error reaches async ``'error'`` /
     ``'close'`` listeners (awaited in order), ``async for``, ``await drain()``,
     or the block, exactly once; no ``'connect'``; the queued bytes are dropped."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT), ExitStack() as stack:
         kind, number, code = FAILURES[failure]
-        stream = net.create_connection(*_failure_target(failure, unix_path))
+        stream = net.create_connection(*_failure_target(failure, unix_path, stack))
         assert stream.write(b"queued") is False
         stream.end(b"last")
         assert stream.ready_state == "opening"
@@ -655,10 +612,11 @@ async def test_destroy_with_many_queued_writes_sends_an_ordered_prefix(
 ) -> None:
     """``destroy()`` with 16 MiB queued by 256 writes: the peer gets a prefix of
     exactly what was written (nothing reordered, nothing invented), then EOF
-    or a reset; one ``'close'(False)``, no ``'drain'`` although ``write()``
-    returned ``False``; a pending ``drain()`` raises ``StreamStateError``, as
-    do ``write()`` and ``end(data)`` afterwards."""
-    with trio.fail_after(LIMIT):
+    (a graceful close, as Node's ``destroy()``: nothing was left unread); one
+    ``'close'(False)``, no ``'drain'`` although ``write()`` returned
+    ``False``; a pending ``drain()`` raises ``StreamStateError``, as do
+    ``write()`` and ``end(data)`` afterwards."""
+    with trio.fail_after(NETWORK_LIMIT):
         chunks = [pattern(64 * KiB, seed) for seed in range(256)]
         sent = b"".join(chunks)
         destroyed = trio.Event()
@@ -714,7 +672,8 @@ async def test_destroy_with_many_queued_writes_sends_an_ordered_prefix(
         assert rec.events == ["connect", ("close", False)]
         assert len(drain_raised) == 1
         assert stream.bytes_written == len(sent)
-        [(_how, received)] = outcome
+        [(how, received)] = outcome
+        assert how == "EOF"
         assert len(received) < len(sent)
         assert received == sent[: len(received)]
         assert_closed_for_good(stream, rec)
@@ -899,12 +858,12 @@ class Scene:
             assert [bytes(log.data) for log in logs] == [self.peer_expects]
 
 
-async def run_once(scene: Scene, mode: str, k: int, baseline: int) -> bool:
+async def run_once(scene: Scene, mode: str, k: int, baseline: int, record: Any) -> bool:
     """One conversation with the trigger at step *k*; whether it fired.
     Asserts the invariants that hold wherever the trigger landed."""
     test_task = trio.lowlevel.current_task()
     stream = scene.stream()
-    rec = Recorder(stream, events=CLIENT_EVENTS)
+    rec = record(stream, events=CLIENT_EVENTS)
     got = bytearray()
     scope = trio.CancelScope()
     trigger = StepTrigger(k, scope.cancel if mode == "cancel" else stream.destroy, test_task)
@@ -956,21 +915,21 @@ async def run_once(scene: Scene, mode: str, k: int, baseline: int) -> bool:
 @pytest.mark.parametrize("mode", ["cancel", "destroy"])
 @pytest.mark.parametrize("variant", ["memory", "lockstep", "tcp", "unix", "tls", "starttls"])
 async def test_cancel_or_destroy_at_every_step_of_a_conversation(
-    variant: str, mode: str, certs: Certs, unix_path: str
+    variant: str, mode: str, certs: Certs, unix_path: str, record: Any
 ) -> None:
     """Cancelling the enclosing scope (or calling ``destroy()``) at any point of
     connect, TLS handshake, write/``drain()``, read, ``end()`` and close: the
     cancellation comes out of the block (never swallowed), ``'close'(False)``
     is emitted exactly once and last, the stream is closed with no task or
     descriptor left behind, and the peer sees EOF or a reset, not a hang."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         scene = Scene(variant, certs, unix_path)
         async with scene.running():
             await wait_all_tasks_blocked(cushion=0.01)
             baseline = tasks_under(trio.lowlevel.current_task())
             fds = open_fds()
             for k in range(1, MAX_STEPS):
-                if not await run_once(scene, mode, k, baseline):
+                if not await run_once(scene, mode, k, baseline, record):
                     break  # the whole conversation fitted in fewer steps
             else:
                 pytest.fail(f"the conversation never finished within {MAX_STEPS} steps")

@@ -21,7 +21,6 @@ test runs under ``trio.fail_after``.
 from __future__ import annotations
 
 import array
-import datetime
 import gc
 import math
 import random
@@ -32,24 +31,18 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trustme
-from netstream_testing import read_to_eof
+from netstream_testing import NETWORK_LIMIT, Certs, GiB, KiB, MiB, port_of, read_to_eof, rss
 from trio.testing import wait_all_tasks_blocked
 
 import trio_netstream as net
 from trio_netstream import StreamStateError
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-LIMIT = 20
-UTC = datetime.timezone.utc
 OPENSSL = shutil.which("openssl")
 TLS_EVENTS = ("connect", "secure", "data", "end", "drain", "timeout", "error", "close")
 
@@ -94,34 +87,6 @@ class Log:
         return error
 
 
-@dataclass(frozen=True)
-class Certs:
-    ca: trustme.CA
-    server: trustme.LeafCert  # localhost, 127.0.0.1
-    client_ca: trustme.CA
-    client: trustme.LeafCert  # from client_ca
-    wrong_ca_client: trustme.LeafCert  # from a CA the server does not trust
-    expired_client: trustme.LeafCert  # from client_ca, expired in 2002
-
-
-@pytest.fixture(scope="module")
-def certs() -> Certs:
-    ca = trustme.CA()
-    client_ca = trustme.CA()
-    return Certs(
-        ca=ca,
-        server=ca.issue_cert("localhost", "127.0.0.1"),
-        client_ca=client_ca,
-        client=client_ca.issue_cert("client.example"),
-        wrong_ca_client=trustme.CA().issue_cert("client.example"),
-        expired_client=client_ca.issue_cert(
-            "client.example",
-            not_before=datetime.datetime(2001, 1, 1, tzinfo=UTC),
-            not_after=datetime.datetime(2002, 1, 1, tzinfo=UTC),
-        ),
-    )
-
-
 @pytest.fixture(params=[ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
 def version(request: pytest.FixtureRequest) -> ssl.TLSVersion:
     return request.param  # type: ignore[no-any-return]
@@ -147,12 +112,6 @@ def client_context(
     if cert is not None:
         cert.configure_cert(ctx)
     return ctx
-
-
-def port_of(server: net.Server) -> int:
-    address = server.address()
-    assert isinstance(address, tuple)
-    return int(address[1])
 
 
 def code_of(error: BaseException) -> Any:
@@ -240,7 +199,7 @@ async def test_server_starttls_plaintext_pipelined_behind_the_command_is_tls_inp
     own packet while the server's async 'data' listener still holds the socket
     (so those bytes are unread when set_secure() is called). They go to TLS:
     the handshake fails with one 'error', never as 'data' after 'secure'."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         server_ctx = server_context(certs, version)
         logs: list[Log] = []
         command_seen, injected = trio.Event(), trio.Event()
@@ -289,7 +248,7 @@ async def test_client_starttls_injection_in_the_go_ahead_packet_is_plaintext_bef
     packet. The client read it before calling set_secure(): it is delivered
     as plaintext 'data' before 'secure'; after 'secure' only the real TLS data
     comes."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         server_ctx = server_context(certs, version)
         received_over_tls: list[bytes] = []
 
@@ -348,7 +307,7 @@ async def test_client_starttls_plaintext_after_the_upgrade_fails_the_handshake(
     """A fake server answers our ClientHello with plaintext: one 'error' with
     Node's code, 'close'(True); no 'secure', the plaintext is never 'data',
     and nothing the client queued for TLS leaves in plaintext."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         seen_by_server: list[bytes] = []
 
         async def fake_server(listener: trio.SocketListener) -> None:
@@ -445,7 +404,7 @@ async def test_junk_before_the_handshake_fails_that_stream_only(
     if junk is None:
         hello = client_hello(client_context(certs, version))
         junk = hello[: len(hello) // 2]
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         logs: list[Log] = []
         async with net.create_server(
             echo_recorder(logs), ssl=server_context(certs, version)
@@ -534,7 +493,7 @@ async def test_junk_from_a_fake_server_fails_our_tls_client(
     our client gets one 'error' (Node's code), then 'close'(True); no
     'secure', no 'data', and the data it queued is never sent."""
     read_first, junk, error_type, code = JUNK_TO_CLIENT[case]
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         seen_by_server: list[bytes] = []
 
         async def fake_server(listener: trio.SocketListener) -> None:
@@ -670,7 +629,7 @@ async def test_server_initiated_renegotiation_and_mid_stream_plaintext_are_refus
     before arrived intact on both sides."""
     typed, code = S_SERVER_COMMANDS[command]
     before = b"server data before the attack: " + bytes(range(32, 127)) + b"\n"
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         async with trio.open_nursery() as nursery:
             peer = await start_openssl(
                 nursery,
@@ -745,7 +704,7 @@ async def test_server_rejects_a_bad_client_certificate_with_its_code(
     'close'(True); nothing the client sent is delivered. The client gets the
     server's alert; the server goes on serving a good client."""
     cert_name, server_code, client_code = BAD_CLIENT_CERTS[case]
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         logs: list[Log] = []
         server_ctx = server_context(certs, version, client_ca=certs.client_ca)
         async with net.create_server(echo_recorder(logs), ssl=server_ctx) as server:
@@ -802,15 +761,6 @@ async def test_server_rejects_a_bad_client_certificate_with_its_code(
 # -- 5. a 1 GiB write to a peer that never reads ------------------------------------------------
 
 
-def rss() -> int:
-    """This process's resident set size in bytes (VmRSS)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * KiB
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
 #: RSS noise allowed on top of what the test itself allocates.
 RSS_MARGIN = 32 * MiB
 #: What the kernel's socket buffers (both ends, loopback) can hold at most.
@@ -828,7 +778,7 @@ async def test_a_1_gib_write_to_a_peer_that_never_reads_is_held_once_and_freed_b
     before 1 GiB; the 1 GiB bytes object is queued, not copied (RSS grows by
     nothing beyond what the test allocated); write_queue_size reports it;
     destroy() drops it ('close' follows, the object is released, RSS back)."""
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         peers: list[trio.SocketStream] = []
         (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
         async with listener:
@@ -944,7 +894,7 @@ async def test_bad_call_on_a_live_tcp_stream_raises_and_changes_nothing(
     exception at the call and changes nothing: no event, same state and
     counters, and the peer receives exactly the valid bytes, byte for byte."""
     call, error_type = BAD_CALLS[case]
-    with trio.fail_after(LIMIT):
+    with trio.fail_after(NETWORK_LIMIT):
         received: list[bytes] = []
 
         async def peer(listener: trio.SocketListener) -> None:

@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import pytest
 import trio
+from netstream_testing import KiB, Tally, open_fds, port_of, read_to_eof, rss
 
 import trio_netstream as net
 
@@ -37,19 +38,6 @@ HOST = "127.0.0.1"
 #: Asked of listen(); the kernel caps it at net.core.somaxconn.
 BACKLOG = 4096
 CONNECTED = ("connect", "data", "end", ("close", False))
-
-
-def open_fds() -> int:
-    """How many descriptors this process has open."""
-    return len(os.listdir("/proc/self/fd"))
-
-
-def rss_kib() -> int:
-    """This process's resident set size now, in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 @contextmanager
@@ -70,22 +58,6 @@ def fd_limit(needed: int) -> Iterator[None]:
 def echo(conn: net.Stream) -> None:
     conn.on("data", conn.write)
     conn.on("end", conn.end)
-
-
-class Tally:
-    """A counter that tasks can wait on."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lot = trio.lowlevel.ParkingLot()
-
-    def add(self, *_: object) -> None:
-        self.count += 1
-        self._lot.unpark_all()
-
-    async def wait_for(self, count: int) -> None:
-        while self.count < count:
-            await self._lot.park()
 
 
 class LoadClient:
@@ -144,12 +116,6 @@ async def load_client(mode: str, port: int, **options: Any) -> AsyncIterator[Loa
                 await process.stdout.aclose()
 
 
-def server_port(server: net.Server) -> int:
-    address = server.address()
-    assert isinstance(address, tuple)
-    return address[1]
-
-
 def figures(title: str, **values: Any) -> None:
     print(f"\n[load] {title}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
@@ -179,19 +145,19 @@ async def test_ten_thousand_connections_held_at_once(record: Any) -> None:
             echo(conn)
 
         fds_before = open_fds()
-        rss_before = rss_kib()
+        rss_before = rss() // KiB
         started = time.monotonic()
         async with net.create_server(on_connection) as server:
             server_rec = record(server, events=("listening", "error", "close"))
             await server.listen(0, HOST, backlog=BACKLOG)
-            port = server_port(server)
+            port = port_of(server)
             async with load_client("hold", port, count=HELD, batch=1000, deadline=75) as client:
                 connected = await client.report("connected")
                 held = await client.report("held")
                 # Every echo came back and no client has closed yet.
                 held_now = server.connections
                 fds_held = open_fds()
-                rss_held = rss_kib()
+                rss_held = rss() // KiB
                 await client.go_on()
                 closed = await client.report("closed")
                 await client.finished()
@@ -264,11 +230,11 @@ async def test_hundred_thousand_sequential_connections_leak_nothing() -> None:
 
         gc.collect()
         fds_before = open_fds()
-        rss_before = rss_kib()
+        rss_before = rss() // KiB
         started = time.monotonic()
         async with net.create_server(on_connection) as server:
             await server.listen(0, HOST, backlog=BACKLOG)
-            port = server_port(server)
+            port = port_of(server)
             reports: list[dict[str, Any]] = []
             async with AsyncExitStack() as stack:
                 # Distinct source addresses: each has the whole ephemeral port
@@ -306,7 +272,7 @@ async def test_hundred_thousand_sequential_connections_leak_nothing() -> None:
         fds_before=fds_before,
         fds_after=fds_after,
         rss_before_kib=rss_before,
-        rss_after_kib=rss_kib(),
+        rss_after_kib=rss() // KiB,
     )
     assert [(r["count"], r["wrong"]) for r in reports] == [(CYCLED // CYCLERS, 0)] * CYCLERS
     assert connected.count == CYCLED
@@ -338,7 +304,7 @@ async def test_sequential_netstream_clients_leak_nothing() -> None:
         started = time.monotonic()
         async with net.create_server(on_connection) as server:
             await server.listen(0, HOST)
-            port = server_port(server)
+            port = port_of(server)
             fds_listening = open_fds()
             for _ in range(IN_PROCESS):
                 client = net.create_connection(port, HOST)
@@ -405,10 +371,7 @@ async def test_close_under_load_lets_transfers_finish() -> None:
             async with stream:
 
                 async def read_all() -> None:
-                    data = bytearray()
-                    while chunk := await stream.receive_some():
-                        data += chunk
-                    echoed[index] = bytes(data)
+                    echoed[index] = await read_to_eof(stream)
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(read_all)
@@ -421,7 +384,7 @@ async def test_close_under_load_lets_transfers_finish() -> None:
             server.on("connection", on_connection)
             server.on("close", lambda: order.append("server close"))
             await server.listen(0, HOST, backlog=BACKLOG)
-            port = server_port(server)
+            port = port_of(server)
             async with trio.open_nursery() as clients:
                 for index in range(IN_FLIGHT):
                     clients.start_soon(client, index, port)
@@ -456,7 +419,7 @@ async def test_close_under_load_lets_transfers_finish() -> None:
 
 # -- max_connections under a storm --------------------------------------------------------
 
-LIMIT = 50
+MAX_CONNECTIONS = 50
 STORM = 2_000
 
 
@@ -474,9 +437,9 @@ async def test_max_connections_holds_under_a_connection_storm(record: Any) -> No
             conn.on("close", lambda had_error: counts.append(server.connections))
             echo(conn)
 
-        async with net.create_server(on_connection, max_connections=LIMIT) as server:
+        async with net.create_server(on_connection, max_connections=MAX_CONNECTIONS) as server:
             await server.listen(0, HOST, backlog=BACKLOG)
-            port = server_port(server)
+            port = port_of(server)
             async with load_client("storm", port, count=STORM, batch=STORM, deadline=45) as client:
                 storm = await client.report("storm")
                 open_during_storm = server.connections
@@ -489,15 +452,13 @@ async def test_max_connections_holds_under_a_connection_storm(record: Any) -> No
             async with late:
                 await late.send_all(b"after the storm")
                 await late.send_eof()
-                answer = bytearray()
-                while chunk := await late.receive_some():
-                    answer += chunk
+                answer = await read_to_eof(late)
             server.close()
 
     figures(
         "storm",
         clients=STORM,
-        max_connections=LIMIT,
+        max_connections=MAX_CONNECTIONS,
         served=storm["served"],
         turned_away=storm["turned_away"],
         most_open=max(counts),
@@ -505,16 +466,16 @@ async def test_max_connections_holds_under_a_connection_storm(record: Any) -> No
     assert storm == {
         "event": "storm",
         "count": STORM,
-        "served": LIMIT,
-        "turned_away": STORM - LIMIT,
+        "served": MAX_CONNECTIONS,
+        "turned_away": STORM - MAX_CONNECTIONS,
     }
-    assert open_during_storm == LIMIT
-    assert closed == {"event": "closed", "count": LIMIT, "clean_eof": LIMIT}
-    assert max(counts) == LIMIT
-    assert bytes(answer) == b"after the storm"
-    assert len(recs) == LIMIT + 1
-    assert [rec.events for rec in recs] == [list(CONNECTED)] * (LIMIT + 1)
-    assert [rec.data for rec in recs] == [b"hello"] * LIMIT + [b"after the storm"]
+    assert open_during_storm == MAX_CONNECTIONS
+    assert closed == {"event": "closed", "count": MAX_CONNECTIONS, "clean_eof": MAX_CONNECTIONS}
+    assert max(counts) == MAX_CONNECTIONS
+    assert answer == b"after the storm"
+    assert len(recs) == MAX_CONNECTIONS + 1
+    assert [rec.events for rec in recs] == [list(CONNECTED)] * (MAX_CONNECTIONS + 1)
+    assert [rec.data for rec in recs] == [b"hello"] * MAX_CONNECTIONS + [b"after the storm"]
     assert server.connections == 0
 
 
@@ -545,7 +506,7 @@ async def test_slowloris_connections_are_timed_out(record: Any) -> None:
 
         async with net.create_server(on_connection) as server:
             await server.listen(0, HOST, backlog=BACKLOG)
-            port = server_port(server)
+            port = port_of(server)
             async with load_client("slowloris", port, count=SLOW, deadline=45) as attack:
                 holding = await attack.report("holding")
                 await accepted.wait_for(SLOW)
@@ -555,9 +516,7 @@ async def test_slowloris_connections_are_timed_out(record: Any) -> None:
                     good_port = good.socket.getsockname()[1]
                     await good.send_all(b"I am well-behaved")
                     await good.send_eof()
-                    answer = bytearray()
-                    while chunk := await good.receive_some():
-                        answer += chunk
+                    answer = await read_to_eof(good)
 
                 dropped = await attack.report("dropped")
                 await attack.finished()
@@ -572,7 +531,7 @@ async def test_slowloris_connections_are_timed_out(record: Any) -> None:
         dropped=dropped["count"],
         open_when_good_client_came=open_at_connection[good_port],
     )
-    assert dropped["count"] == SLOW
+    assert dropped == {"event": "dropped", "count": SLOW, "clean_eof": SLOW}
     assert len(recs) == SLOW
     assert silent == [["connect", "timeout", ("close", False)]] * (SLOW // 2)
     assert one_byte == [["connect", "data", "timeout", ("close", False)]] * (SLOW // 2)
@@ -580,7 +539,7 @@ async def test_slowloris_connections_are_timed_out(record: Any) -> None:
     # last byte), and was served in full.
     assert open_at_connection[good_port] == SLOW + 1
     assert good_rec.events == list(CONNECTED)
-    assert good_rec.data == bytes(answer) == b"I am well-behaved"
+    assert good_rec.data == answer == b"I am well-behaved"
     assert server.connections == 0
 
 

@@ -23,7 +23,6 @@ figures (run with ``-s``); none asserts a duration.
 from __future__ import annotations
 
 import gc
-import hashlib
 import itertools
 import json
 import os
@@ -42,14 +41,12 @@ from typing import Any
 import pytest
 import trio
 import trustme
+from netstream_testing import KiB, MiB, sha
 
 import trio_netstream as net
 from trio_netstream import StreamStateError
 
 from .netns_peer import pattern
-
-KiB = 1024
-MiB = 1024 * KiB
 
 PEER = Path(__file__).with_name("netns_peer.py")
 #: The events that are not data or write flow: the shape of a connection's life.
@@ -100,7 +97,9 @@ class Netns:
         pid = os.getpid()
         self.name = f"tns-{pid}-{index}-peer"
         self.wire = f"tns-{pid}-{index}-wire"
-        tag = f"tn{pid % 100_000}"  # interface names: 15 characters at most
+        # Interface names: 15 characters at most; the whole pid (7 digits at
+        # most) keeps them apart from a parallel run's.
+        tag = f"tn{pid}"
         self.host_if, self.peer_if = f"{tag}h{index}", f"{tag}p{index}"
         self.wire_host_if, self.wire_peer_if = f"{tag}a{index}", f"{tag}b{index}"
         used = subprocess.run(
@@ -150,6 +149,10 @@ class Netns:
             ("ip", "link", "del", self.host_if),
         ):
             subprocess.run(command, capture_output=True, timeout=20)
+        left = subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True, timeout=20
+        ).stdout.split()
+        assert self.name not in left and self.wire not in left, f"namespaces left: {left}"
 
     def inside(self, *command: str, namespace: str | None = None) -> list[str]:
         return ["ip", "netns", "exec", namespace or self.name, *command]
@@ -319,10 +322,6 @@ def life(events: list[Any]) -> list[Any]:
     """The events without ``'data'`` and ``'drain'`` (whose count depends on
     how the kernel splits the bytes)."""
     return [event for event in events if event not in ("data", "drain")]
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # -- random loss ------------------------------------------------------------------------
@@ -537,8 +536,9 @@ async def test_blackholed_connect_times_out_and_destroy_closes(netns: Netns, rec
 
 
 async def test_blackholed_connect_timeout_does_not_close(netns: Netns, record: Any) -> None:
-    """``'timeout'`` alone does not close a hanging connect and comes once per
-    idle period; the user decides (here: ``destroy()`` later)."""
+    """``'timeout'`` alone does not close a hanging connect and, without any
+    activity, is not emitted again; the user decides (here: ``destroy()``
+    later)."""
     with trio.fail_after(10):
         await netns.blackhole()
         stream = net.create_connection(80, netns.peer_addr)
