@@ -35,7 +35,7 @@ from ._emitter import EventEmitter
 from ._errors import StreamStateError, TransportError, translate, transport_errors
 from ._options import ServerOptions, StreamOptions, check_port, is_path
 from ._socket import SocketTransport
-from ._stream import Stream
+from ._stream import _TASK_NAME, Stream  # pyright: ignore[reportPrivateUsage]
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -370,50 +370,63 @@ class Server(EventEmitter):
             transport.close_now()
             return
         stream = Stream._for_server(transport, self._options.stream, self)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
-        self._connections.add(stream)
-        self._live_tasks += 1
-        assert self._block.nursery is not None
-        self._block.nursery.start_soon(self._serve, stream)
-
-    async def _serve(self, stream: Stream) -> None:
         conn = stream._conn  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
         nursery = self._block.nursery
         assert conn is not None and nursery is not None
+        self._connections.add(stream)
+        self._live_tasks += 1  # the connection's task; _lifecycle_done counts it off
+        # 'connection' as Node emits it: at once, as the connection is accepted.
         try:
-            try:
-                pending = self._dispatch_connection(stream)
-            except Exception as exc:  # a 'connection' listener raised
-                self._listener_failed(exc)
-                stream.destroy()
-                pending = []
-            if not pending:
-                try:
-                    await stream._lifecycle(conn, nursery)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
-                finally:
-                    self._connections.discard(stream)
-                return
+            pending = self._dispatch_connection(stream)
+        except Exception as exc:  # a 'connection' listener raised
+            self._listener_failed(exc)
+            stream.destroy()
+            pending = []
+        if pending:
+            self._live_tasks += 1
+            nursery.start_soon(self._serve_with_handlers, stream, pending)
+        else:
+            nursery.start_soon(stream._lifecycle, conn, nursery, name=_TASK_NAME)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+
+    def _lifecycle_done(self, stream: Stream) -> None:
+        self._connections.discard(stream)
+        self._task_done()
+
+    def _task_done(self) -> None:
+        self._live_tasks -= 1
+        self._tasks_done.unpark_all()
+
+    async def _serve_with_handlers(self, stream: Stream, pending: list[Awaitable[object]]) -> None:
+        """Run a connection whose async ``'connection'`` listeners are its tasks."""
+        conn = stream._conn  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+        nursery = self._block.nursery
+        assert conn is not None and nursery is not None
+        handlers_scope: trio.CancelScope | None = None
+        try:
             async with trio.open_nursery() as handlers:
                 # Async connection listeners end with the block (see _shut_down).
-                self._handler_scopes.add(handlers.cancel_scope)
+                handlers_scope = handlers.cancel_scope
+                self._handler_scopes.add(handlers_scope)
                 if self._block.shutting_down:
-                    handlers.cancel_scope.cancel()
+                    handlers_scope.cancel()
                 started: list[trio.Event] = []
                 for awaitable in pending:
                     first_step = trio.Event()
                     handlers.start_soon(self._run_handler, awaitable, first_step)
                     started.append(first_step)
-                for first_step in started:
-                    # Async listeners have run up to their first await (and so
-                    # registered their listeners) before 'connect' and 'data'.
-                    await first_step.wait()
                 try:
-                    await stream._lifecycle(conn, nursery)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+                    for first_step in started:
+                        # Async listeners have run up to their first await (and
+                        # so registered their listeners) before 'connect' and 'data'.
+                        await first_step.wait()
                 finally:
-                    self._connections.discard(stream)
-            self._handler_scopes.discard(handlers.cancel_scope)
+                    # Even when cancelled meanwhile: the lifecycle closes the
+                    # connection, emits its 'close' and counts it off.
+                    await stream._lifecycle(conn, nursery)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
         finally:
-            self._live_tasks -= 1
-            self._tasks_done.unpark_all()
+            if handlers_scope is not None:
+                self._handler_scopes.discard(handlers_scope)
+            self._task_done()
 
     def _dispatch_connection(self, stream: Stream) -> list[Awaitable[object]]:
         """Call the ``'connection'`` listeners in order; return what the async

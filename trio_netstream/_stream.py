@@ -73,6 +73,9 @@ logger = logging.getLogger("trio_netstream")
 
 #: Bytes asked of the transport per read (at or below glibc's mmap threshold).
 READ_SIZE = 64 * 1024
+# The name of a connection's Trio tasks (a constant: Trio would otherwise
+# build one from the function's name for every task).
+_TASK_NAME = "trio_netstream connection"
 #: Queued chunks are joined into sends of at most this size.
 COALESCE_LIMIT = 256 * 1024
 
@@ -91,6 +94,9 @@ class _Owner(Protocol):
 
     def _unhandled_error(self, stream: Stream, exc: BaseException) -> None:
         """An ``'error'`` nobody listened to."""
+
+    def _lifecycle_done(self, stream: Stream) -> None:
+        """*stream*'s connection task has ended (after ``'close'``)."""
 
 
 @attrs.define(eq=False)
@@ -127,8 +133,19 @@ class _Conn:
     def cancel_io(self) -> None:
         """Stop the connection's I/O (``destroy()`` or a failure)."""
         self.io_cancelled = True
+        if self.step_scope is not None:
+            self.step_scope.cancel()
         for scope in self.scopes:
             scope.cancel()
+
+    def step(self) -> trio.CancelScope:
+        """The cancel scope of the lifecycle's next step, which
+        :meth:`cancel_io` cancels (at once, if the I/O is already stopped)."""
+        scope = trio.CancelScope()
+        if self.io_cancelled:
+            scope.cancel()
+        self.step_scope = scope
+        return scope
 
     def flushed(self) -> None:
         """Wake ``drain()`` waiters."""
@@ -163,9 +180,11 @@ class _Conn:
             self.closed_event.set()
 
     task_nursery: trio.Nursery | None = None  # where the connection's tasks run
-    # The cancel scopes of the connection's tasks, cancelled together.
+    # The lifecycle runs in one cancel scope at a time (a step); the writer
+    # and the timer each in their own. cancel_io() cancels them all.
+    step_scope: trio.CancelScope | None = None
     scopes: list[trio.CancelScope] = attrs.Factory(list[trio.CancelScope])
-    read_scope: trio.CancelScope | None = None
+    read_scope: trio.CancelScope | None = None  # the step's, while it reads
     in_receive: bool = False
     read_stopped: bool = False
     timer_running: bool = False
@@ -402,13 +421,16 @@ class Stream(EventEmitter):
         if self._block is not None:
             self._block.fail(exc)
 
+    def _lifecycle_done(self, stream: Stream) -> None:
+        pass  # the block waits for 'close' itself
+
     def _spawn(self) -> None:
         conn = self._conn
         assert conn is not None
         self._start_pending = False
         if self._nursery is None:
             raise StreamStateError("the stream is not running")
-        self._nursery.start_soon(self._lifecycle, conn, self._nursery)
+        self._nursery.start_soon(self._lifecycle, conn, self._nursery, name=_TASK_NAME)
 
     # -- the connection's tasks ------------------------------------------
 
@@ -419,43 +441,79 @@ class Stream(EventEmitter):
         server's); the writer and the timer are started there too, each under
         a cancel scope of the connection, which ``destroy()`` and failures
         cancel with the lifecycle's own. A connection costs no nursery.
+
+        The lifecycle runs in *steps*, each in one cancel scope
+        (:meth:`_Conn.step`); usually one step lasts the whole connection, so
+        an idle connection costs one scope. Reading happens in *sessions* (a
+        TLS upgrade comes between two). :meth:`_wake_reader` cancels the step
+        only while a session is blocked in ``receive_some``, where Trio
+        guarantees that nothing was consumed; the next step picks up where it
+        stopped, delivering first a chunk that was received just as the scope
+        was cancelled.
         """
         conn.task_nursery = nursery
+        started, eof, held = False, False, None
         try:
-            with trio.CancelScope() as scope:
-                conn.scopes.append(scope)
-                if conn.io_cancelled:  # destroyed before it started
-                    scope.cancel()
-                self._last_activity = trio.current_time()
-                if self._timeout:
-                    self._start_timer(conn)
-                try:
-                    if conn.transport is None:
-                        assert conn.target is not None
-                        conn.transport = await self._open(conn.target)
-                        if conn.io_cancelled:
-                            return  # destroyed as the connection came up: teardown closes it
-                        if conn.upgrade is None:
-                            conn.direct = conn.transport
-                        self._note_addresses(conn)
-                        self._apply_socket_options()
-                        self._sm.apply(Input.CONNECTED)
-                        conn.flushed()  # drain() waits out the connecting
-                    self._kick_writer(conn)  # what was queued while connecting, an early end()
-                    await self._emit("connect")
-                    await self._read_loop(conn)
-                    # The writable side ends with end(): the writer (started then
-                    # if not before) sends what is queued, then the EOF.
+            while not (started and conn.io_cancelled):
+                with conn.step() as scope:
+                    if not started:
+                        started = True
+                        if not await self._start(conn):
+                            return
+                    if held is not None:
+                        chunk, held = held, None
+                        await self._wait_resumed()
+                        await self._deliver(chunk)
+                    while not (eof or scope.cancel_called):
+                        upgrade = conn.upgrade
+                        if upgrade is not None and not upgrade.done.is_set():
+                            await self._secure(conn, upgrade)
+                        conn.read_scope = scope
+                        try:
+                            eof, held = await self._read_session(conn, scope)
+                        finally:
+                            conn.read_scope = None
+                    if scope.cancel_called:
+                        continue  # woken (or stopped): the rest in a fresh step
+                    if not conn.read_stopped:  # no FIN came from the peer: no 'end'
+                        await self._end_of_input(conn)
+                    # The writable side ends with end(): the writer (started
+                    # then if not before) sends what is queued, then the EOF.
                     await conn.wait_writer_finished()
-                except TransportError as failure:
-                    self._fail(conn, failure.error)
-                except Exception as exc:  # a listener raised
-                    self._owner._listener_failed(exc)  # pyright: ignore[reportPrivateUsage]  # the internal _Owner protocol
+                    return
+        except TransportError as failure:
+            self._fail(conn, failure.error)
+        except Exception as exc:  # a listener raised
+            self._owner._listener_failed(exc)  # pyright: ignore[reportPrivateUsage]  # the internal _Owner protocol
         finally:
             conn.task_nursery = None
             for task_scope in conn.scopes:
                 task_scope.cancel()  # the timer, if any (and the writer, if destroyed)
-            await self._teardown(conn)
+            try:
+                await self._teardown(conn)
+            finally:
+                self._owner._lifecycle_done(self)  # pyright: ignore[reportPrivateUsage]  # the internal _Owner protocol
+
+    async def _start(self, conn: _Conn) -> bool:
+        """Connect (unless adopted), start the writer's queued work and the
+        timer, emit ``'connect'``; ``False`` if destroyed meanwhile."""
+        self._last_activity = trio.current_time()
+        if self._timeout:
+            self._start_timer(conn)
+        if conn.transport is None:
+            assert conn.target is not None
+            conn.transport = await self._open(conn.target)
+            if conn.io_cancelled:
+                return False  # destroyed as the connection came up: teardown closes it
+            if conn.upgrade is None:
+                conn.direct = conn.transport
+            self._note_addresses(conn)
+            self._apply_socket_options()
+            self._sm.apply(Input.CONNECTED)
+            conn.flushed()  # drain() waits out the connecting
+        self._kick_writer(conn)  # what was queued while connecting, an early end()
+        await self._emit("connect")
+        return True
 
     def _start_task(self, conn: _Conn, fn: Callable[[_Conn], Any]) -> bool:
         """Start one of the connection's tasks (writer, timer) under its own
@@ -465,7 +523,7 @@ class Stream(EventEmitter):
             return False
         scope = trio.CancelScope()
         try:
-            nursery.start_soon(self._scoped, fn, conn, scope)
+            nursery.start_soon(self._scoped, fn, conn, scope, name=_TASK_NAME)
         except RuntimeError:  # the nursery is closing
             return False
         conn.scopes.append(scope)
@@ -527,31 +585,8 @@ class Stream(EventEmitter):
         assert last_error is not None
         raise last_error
 
-    async def _read_loop(self, conn: _Conn) -> None:
-        """Read until EOF, emitting ``'data'``; then ``'end'``.
-
-        Reading happens in *sessions*, each under its own cancel scope, which
-        :meth:`_wake_reader` cancels only while the session is blocked in
-        ``receive_some`` (where Trio guarantees that a cancelled receive
-        consumed nothing). A chunk that was received just as the scope was
-        cancelled is delivered after the session, outside the scope.
-        """
-        while True:
-            upgrade = conn.upgrade
-            if upgrade is not None and not upgrade.done.is_set():
-                await self._secure(conn, upgrade)
-            eof, held = False, None
-            with trio.CancelScope() as scope:
-                conn.read_scope = scope
-                eof, held = await self._read_session(conn, scope)
-            conn.read_scope = None
-            if held is not None:
-                await self._wait_resumed()
-                await self._deliver(held)
-            if eof:
-                break
-        if conn.read_stopped:
-            return  # no FIN came from the peer: no 'end'
+    async def _end_of_input(self, conn: _Conn) -> None:
+        """The peer's FIN: the decoder's tail, then ``'end'``."""
         await self._wait_resumed()  # the decoder's tail and 'end' come after data: not while paused
         if self._carry:
             await self._deliver(b"")
