@@ -12,6 +12,7 @@ import errno
 import hashlib
 import random
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -513,6 +514,76 @@ async def test_addresses_on_both_sides(tcp: Transport) -> None:
         assert server_side["local_address"] == tcp.host
         assert server_side["local_port"] == port
         assert isinstance(server_side["socket"], trio.socket.SocketType)
+
+
+def _addresses(stream: net.Stream) -> tuple[Any, ...]:
+    return (
+        stream.remote_address,
+        stream.remote_port,
+        stream.remote_family,
+        stream.local_address,
+        stream.local_port,
+    )
+
+
+def _reset(sock: trio.socket.SocketType | None) -> None:
+    """Close *sock* with SO_LINGER 0: the peer gets an RST, not a FIN."""
+    assert sock is not None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def test_addresses_survive_a_reset_and_the_close(tcp: Transport) -> None:
+    """Nobody read the addresses before the peer's RST: 'error' and 'close'
+    listeners still see both ends, and so does the code after the block."""
+    with trio.fail_after(20):
+        server_seen: dict[str, tuple[Any, ...]] = {}
+        accepted: list[net.Stream] = []
+        got_connection, server_closed = trio.Event(), trio.Event()
+
+        def on_close(conn: net.Stream) -> None:
+            server_seen.update(close=_addresses(conn))
+            server_closed.set()
+
+        def on_connection(conn: net.Stream) -> None:
+            accepted.append(conn)
+            got_connection.set()
+            conn.on("error", lambda exc: server_seen.update(error=_addresses(conn)))
+            conn.on("close", lambda had_error: on_close(conn))
+
+        async with net.create_server(on_connection) as server:
+            await tcp.listen(server)
+            port = tcp.target(server)[0]
+
+            # 1. The client resets: the server's stream fails with ECONNRESET.
+            with trio.socket.socket(tcp.family) as client:
+                await client.connect((tcp.host, port))
+                client_port = client.getsockname()[1]
+                await got_connection.wait()
+                _reset(client)
+            await server_closed.wait()
+            expected = (tcp.host, client_port, tcp.family_name, tcp.host, port)
+            assert server_seen == {"error": expected, "close": expected}
+            assert _addresses(accepted[0]) == expected
+
+            # 2. The server resets: the client's stream fails with ECONNRESET.
+            accepted.clear()
+            server.on("connection", lambda conn: conn.on("data", lambda _: _reset(conn.socket)))
+            stream = net.create_connection(port, tcp.host)
+            client_seen: dict[str, Any] = {}
+            stream.on("connect", lambda: stream.write(b"reset me"))
+            stream.on(
+                "error", lambda exc: client_seen.update(code=exc.code, error=_addresses(stream))
+            )
+            stream.on("close", lambda had_error: client_seen.update(close=_addresses(stream)))
+            async with stream:
+                pass
+            server.close()
+        local_port = client_seen["close"][4]
+        assert isinstance(local_port, int) and local_port > 0
+        expected = (tcp.host, port, tcp.family_name, tcp.host, local_port)
+        assert client_seen == {"code": "ECONNRESET", "error": expected, "close": expected}
+        assert _addresses(stream) == expected
 
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY)

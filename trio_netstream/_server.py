@@ -329,7 +329,7 @@ class Server(EventEmitter):
                 task_status.started()
             while True:
                 try:
-                    sock, _ = listener.accept()
+                    sock, peer = listener.accept()
                 except BlockingIOError:
                     try:
                         await trio.lowlevel.wait_readable(listener)
@@ -345,7 +345,7 @@ class Server(EventEmitter):
                         continue
                     await self._accept_failed(translate(exc))
                     return
-                self._accepted(SocketTransport(sock))
+                self._accepted(SocketTransport(sock), peer)
                 await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
 
     async def _accept_failed(self, error: BaseException) -> None:
@@ -364,12 +364,12 @@ class Server(EventEmitter):
         except Exception as exc:  # a listener raised
             self._listener_failed(exc)
 
-    def _accepted(self, transport: SocketTransport) -> None:
+    def _accepted(self, transport: SocketTransport, peer: Any) -> None:
         limit = self._options.max_connections
         if limit is not None and len(self._connections) >= limit:
             transport.close_now()
             return
-        stream = Stream._for_server(transport, self._options.stream, self)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+        stream = Stream._for_server(transport, self._options.stream, self, peer)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
         conn = stream._conn  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
         nursery = self._block.nursery
         assert conn is not None and nursery is not None

@@ -191,6 +191,8 @@ class _Conn:
     timer_wait: trio.CancelScope | None = None
     peer: tuple[str | None, int | None, str | None] = (None, None, None)
     local: tuple[str | None, int | None] = (None, None)
+    local_unread: bool = False  # getsockname() is called when first needed
+    connected_to: Any = None  # the address connect() reached
     upgrade: _Upgrade | None = None
     direct: SocketTransport | None = None  # set while write() may send at once
     plain_queue: list[bytes | memoryview] = attrs.Factory(list[bytes | memoryview])
@@ -336,25 +338,27 @@ class Stream(EventEmitter):
 
     @classmethod
     def _for_server(
-        cls, transport: trio.abc.Stream, options: StreamOptions, owner: _Owner
+        cls, transport: trio.abc.Stream, options: StreamOptions, owner: _Owner, peer: Any
     ) -> Stream:
-        """A server-side stream: *owner* (the server) runs it and gets its failures."""
+        """A server-side stream: *owner* (the server) runs it and gets its
+        failures; *peer* is the address ``accept()`` returned."""
         stream = cls()
         stream._options = options
         stream._owner = owner
         stream._server_side = True
-        stream._adopt(transport)
+        stream._adopt(transport, peer)
         stream._start_pending = False
         return stream
 
-    def _adopt(self, transport: trio.abc.Stream) -> None:
+    def _adopt(self, transport: trio.abc.Stream, peer: Any = None) -> None:
         conn = _Conn(target=None, transport=transport)
         if isinstance(transport, SocketTransport):
             conn.direct = transport
         self._conn = conn
         self._sm.state = State.OPEN
-        self._note_addresses(conn)
-        self._apply_socket_options()
+        self._note_addresses(conn, peer)
+        # A socket we accepted has the kernel's defaults; a wrapped one may not.
+        self._apply_socket_options(fresh=peer is not None)
         self._start_pending = True
         self._secure_from_first_byte(conn)
 
@@ -502,13 +506,13 @@ class Stream(EventEmitter):
             self._start_timer(conn)
         if conn.transport is None:
             assert conn.target is not None
-            conn.transport = await self._open(conn.target)
+            conn.transport = await self._open(conn, conn.target)
             if conn.io_cancelled:
                 return False  # destroyed as the connection came up: teardown closes it
             if conn.upgrade is None:
                 conn.direct = conn.transport
-            self._note_addresses(conn)
-            self._apply_socket_options()
+            self._note_addresses(conn, conn.connected_to)
+            self._apply_socket_options(fresh=True)
             self._sm.apply(Input.CONNECTED)
             conn.flushed()  # drain() waits out the connecting
         self._kick_writer(conn)  # what was queued while connecting, an early end()
@@ -543,7 +547,7 @@ class Stream(EventEmitter):
         except Exception as exc:  # a listener raised
             self._owner._listener_failed(exc)  # pyright: ignore[reportPrivateUsage]  # the internal _Owner protocol
 
-    async def _open(self, target: _Target) -> SocketTransport:
+    async def _open(self, conn: _Conn, target: _Target) -> SocketTransport:
         candidates: list[tuple[int, int, int, Any]]
         if target.path is not None:
             candidates = [(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM, 0, target.path)]
@@ -565,22 +569,21 @@ class Stream(EventEmitter):
         last_error: BaseException | None = None
         for family, kind, proto, address in candidates:
             try:
-                with transport_errors():
-                    plain = _stdlib_socket.socket(family, kind, proto)
-            except TransportError as failure:  # EMFILE, or a family this host lacks
-                last_error = failure
+                plain = _stdlib_socket.socket(family, kind, proto)
+            except OSError as exc:  # EMFILE, or a family this host lacks
+                last_error = TransportError(translate(exc))
                 continue
             plain.setblocking(False)
             try:
-                with transport_errors():
-                    await connect(plain, address)
-            except TransportError as failure:
+                await connect(plain, address)
+            except OSError as exc:
                 plain.close()
-                last_error = failure
+                last_error = TransportError(translate(exc))
                 continue
             except BaseException:
                 plain.close()
                 raise
+            conn.connected_to = address
             return SocketTransport(plain)
         assert last_error is not None
         raise last_error
@@ -911,6 +914,7 @@ class Stream(EventEmitter):
         conn.queued = 0
         conn.flushed()
         conn.direct = None
+        self._local_address(conn)  # it stays readable after 'close'
         transport, conn.transport = conn.transport, None
         if isinstance(transport, SocketTransport):
             transport.close_now()  # no need to wait: 'close' follows at once
@@ -1320,18 +1324,23 @@ class Stream(EventEmitter):
         self._apply_socket_options()
         return self
 
-    def _apply_socket_options(self) -> None:
+    def _apply_socket_options(self, *, fresh: bool = False) -> None:
+        """Set ``no_delay`` and ``keep_alive`` on the socket; on a *fresh* one
+        (connected or accepted here, so with the kernel's defaults: Nagle on,
+        no keep-alive) only what differs from the defaults."""
         sock = None if self._conn is None else _plain_socket(self._conn.transport)
         if sock is None or sock.family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
             return
         options = self._options
         try:
-            sock.setsockopt(
-                _stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, options.no_delay
-            )
-            sock.setsockopt(
-                _stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, options.keep_alive
-            )
+            if options.no_delay or not fresh:
+                sock.setsockopt(
+                    _stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, options.no_delay
+                )
+            if options.keep_alive or not fresh:
+                sock.setsockopt(
+                    _stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, options.keep_alive
+                )
             if (
                 options.keep_alive
                 and options.keep_alive_initial_delay > 0
@@ -1384,12 +1393,12 @@ class Stream(EventEmitter):
     @property
     def local_address(self) -> str | None:
         """This side's IP address (``None`` for UNIX sockets and before connecting)."""
-        return None if self._conn is None else self._conn.local[0]
+        return None if self._conn is None else self._local_address(self._conn)[0]
 
     @property
     def local_port(self) -> int | None:
         """This side's port (``None`` for UNIX sockets and before connecting)."""
-        return None if self._conn is None else self._conn.local[1]
+        return None if self._conn is None else self._local_address(self._conn)[1]
 
     @property
     def encoding(self) -> str | None:
@@ -1411,18 +1420,35 @@ class Stream(EventEmitter):
         """Bytes queued and not yet sent (Node's ``writableLength``)."""
         return 0 if self._conn is None else self._conn.queued
 
-    def _note_addresses(self, conn: _Conn) -> None:
+    def _note_addresses(self, conn: _Conn, peer: Any = None) -> None:
+        """Record the peer's address at once (*peer*, from ``accept()`` or
+        ``connect()``, or ``getpeername()``, which fails after a reset); the
+        local one is read when first asked for, or at the latest at teardown."""
         sock = _plain_socket(conn.transport)
         if sock is None or sock.family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
             return
         family = "IPv6" if sock.family == _stdlib_socket.AF_INET6 else "IPv4"
-        try:
-            peer = sock.getpeername()
-            local = sock.getsockname()
-        except OSError:
-            return
+        if peer is None:
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                return
         conn.peer = (peer[0], peer[1], family)
-        conn.local = (local[0], local[1])
+        conn.local_unread = True
+
+    @staticmethod
+    def _local_address(conn: _Conn) -> tuple[str | None, int | None]:
+        if conn.local_unread:
+            conn.local_unread = False
+            sock = _plain_socket(conn.transport)
+            if sock is not None:
+                try:
+                    local = sock.getsockname()
+                except OSError:  # closed under us
+                    pass
+                else:
+                    conn.local = (local[0], local[1])
+        return conn.local
 
     # -- Trio-native extras -----------------------------------------------------
 
