@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import trio
-from netstream_testing import IPV6, IPV6_REASON
+from netstream_testing import IPV6, IPV6_REASON, Tally
 from trio.testing import wait_all_tasks_blocked
 
 import trio_netstream as net
@@ -49,22 +49,6 @@ def transport(request: pytest.FixtureRequest, unix_path: str) -> Transport:
     if request.param == "tcp6" and not IPV6:
         pytest.skip(IPV6_REASON)
     return Transport(request.param, unix_path)
-
-
-class Tally:
-    """A counter that tasks can wait on."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lot = trio.lowlevel.ParkingLot()
-
-    def add(self, *_: object) -> None:
-        self.count += 1
-        self._lot.unpark_all()
-
-    async def wait_for(self, count: int) -> None:
-        while self.count < count:
-            await self._lot.park()
 
 
 def echo(conn: net.Stream) -> None:

@@ -105,22 +105,6 @@ async def run_peer(
         await handler(peer)
 
 
-class Tally:
-    """A counter that tasks can wait on."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lot = trio.lowlevel.ParkingLot()
-
-    def add(self, *_: object) -> None:
-        self.count += 1
-        self._lot.unpark_all()
-
-    async def wait_for(self, count: int) -> None:
-        while self.count < count:
-            await self._lot.park()
-
-
 def free_port(transport: Transport) -> int:
     """A TCP port with nothing listening on it (bound, read, closed)."""
     with socket.socket(transport.family, socket.SOCK_STREAM) as sock:

@@ -223,7 +223,15 @@ def _plain_socket(transport: object) -> Any:
 
 def _numeric_candidates(host: str, port: int | None) -> list[tuple[int, int, int, Any]] | None:
     """Where to connect for an IP literal, without a checkpoint; ``None`` for a name."""
-    try:
+    for family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+        try:  # the common literals, without getaddrinfo()
+            packed = _stdlib_socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        address = _stdlib_socket.inet_ntop(family, packed)  # as getaddrinfo() spells it
+        where = (address, port) if family == _stdlib_socket.AF_INET else (address, port, 0, 0)
+        return [(family, _stdlib_socket.SOCK_STREAM, _stdlib_socket.IPPROTO_TCP, where)]
+    try:  # the rest: "127.1", scoped IPv6 ("fe80::1%eth0")
         infos = _stdlib_socket.getaddrinfo(
             host, port, type=_stdlib_socket.SOCK_STREAM, flags=_stdlib_socket.AI_NUMERICHOST
         )

@@ -12,8 +12,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-import trio
 from netstream_testing import IPV6 as IPV6
+from netstream_testing import Tally as Tally
 
 import trio_netstream as net
 
@@ -32,22 +32,6 @@ def port_of(server: net.Server) -> int:
     address = server.address()
     assert isinstance(address, tuple)
     return address[1]
-
-
-class Tally:
-    """A counter that tasks can wait on (no polling, no sleeps)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lot = trio.lowlevel.ParkingLot()
-
-    def add(self, *_: object) -> None:
-        self.count += 1
-        self._lot.unpark_all()
-
-    async def wait_for(self, count: int) -> None:
-        while self.count < count:
-            await self._lot.park()
 
 
 def echo(conn: net.Stream) -> None:
