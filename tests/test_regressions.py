@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 from typing import Any
 
 import pytest
@@ -145,3 +147,109 @@ async def test_a_server_side_stream_cannot_reconnect() -> None:
             server.close()
     assert len(errors) == 1
     assert "accepted" in str(errors[0])
+
+
+async def test_async_for_started_as_the_eof_is_read_gets_the_kept_data() -> None:
+    """A reply kept for a consumer, then the FIN: an ``async for`` that began
+    while the reader was between the EOF and ``'end'`` got nothing."""
+    for yields in range(8):
+        for _ in range(10):  # Trio shuffles each batch: try both orders
+            mine, peer = socket.socketpair()
+            with peer:
+                peer.sendall(b"hello")
+                peer.shutdown(socket.SHUT_WR)
+                got: list[bytes] = []
+                with trio.fail_after(10):
+                    wrapped = trio.SocketStream(trio.socket.from_stdlib_socket(mine))
+                    async with net.Stream.wrap(wrapped) as stream:
+                        for _ in range(yields):
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                        async for chunk in stream:
+                            assert isinstance(chunk, bytes)
+                            got.append(chunk)
+                        stream.end()
+            assert b"".join(got) == b"hello", f"after {yields} scheduler steps"
+
+
+class _Interrupt(BaseException):
+    """Stands for KeyboardInterrupt in a listener."""
+
+
+async def test_a_base_exception_in_a_connection_listener_ends_the_server() -> None:
+    """A 'connection' listener raising a BaseException hung the server's
+    block: the connection was counted but its task never started."""
+
+    def on_connection(stream: net.Stream) -> None:
+        raise _Interrupt
+
+    with socket.socket() as client:
+        with pytest.raises(_Interrupt), trio.fail_after(10):
+            async with net.create_server(on_connection) as server:
+                await server.listen(0, "127.0.0.1")
+                address = server.address()
+                assert isinstance(address, tuple)
+                client.connect(address)
+                await trio.sleep_forever()
+        assert server.connections == 0
+        assert client.recv(1) == b""  # the accepted socket was closed, not leaked
+
+
+async def test_an_adopted_listeners_socket_options_do_not_reach_the_streams() -> None:
+    """Accepted sockets inherit TCP_NODELAY and SO_KEEPALIVE from the listening
+    socket; a stream with the default options must still have Nagle on and no
+    keep-alive (a socket-activated listener may have both set)."""
+    seen: list[tuple[int, int]] = []
+    listener = socket.socket()
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    listener.bind(("127.0.0.1", 0))
+
+    def on_connection(stream: net.Stream) -> None:
+        sock = stream.socket
+        assert sock is not None
+        seen.append(
+            (
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            )
+        )
+        stream.destroy()
+        server.close()
+
+    with trio.fail_after(10):
+        async with net.create_server(on_connection) as server:
+            await server.listen(sock=listener)
+            address = server.address()
+            assert isinstance(address, tuple)
+            with trio.socket.socket() as client:
+                await client.connect(address)
+                await server.wait_closed()
+    assert seen == [(0, 0)]
+
+
+async def test_the_local_address_survives_the_user_closing_the_socket() -> None:
+    """The local address, read lazily, was lost when a listener closed
+    ``stream.socket`` before anyone asked for it."""
+    seen: list[tuple[Any, ...]] = []
+
+    def on_connection(conn: net.Stream) -> None:
+        def on_data(_: bytes) -> None:
+            sock = conn.socket
+            assert sock is not None
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+        conn.on("data", on_data)
+        conn.on("close", lambda _: seen.append((conn.local_address, conn.local_port)))
+        conn.on("close", lambda _: server.close())
+
+    with trio.fail_after(10):
+        async with net.create_server(on_connection) as server:
+            await server.listen(0, "127.0.0.1")
+            address = server.address()
+            assert isinstance(address, tuple)
+            with trio.socket.socket() as client:
+                await client.connect(address)
+                await client.send(b"x")
+                await server.wait_closed()
+    assert seen == [address]

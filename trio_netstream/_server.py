@@ -245,7 +245,9 @@ class Server(EventEmitter):
             raise
         self._socket = listener = trio.socket.from_stdlib_socket(plain)
         self._address = self._read_address(listener)
-        await nursery.start(self._accept_loop, plain)
+        # Sockets accepted from a listener made here have the kernel's
+        # default options; an adopted listener's may pass on others.
+        await nursery.start(self._accept_loop, plain, sock is None)
 
     async def _bind(
         self,
@@ -319,6 +321,7 @@ class Server(EventEmitter):
     async def _accept_loop(
         self,
         listener: _stdlib_socket.socket,
+        fresh: bool,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         with trio.CancelScope() as scope:
@@ -345,7 +348,7 @@ class Server(EventEmitter):
                         continue
                     await self._accept_failed(translate(exc))
                     return
-                self._accepted(SocketTransport(sock), peer)
+                self._accepted(SocketTransport(sock), peer, fresh)
                 await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
 
     async def _accept_failed(self, error: BaseException) -> None:
@@ -364,12 +367,16 @@ class Server(EventEmitter):
         except Exception as exc:  # a listener raised
             self._listener_failed(exc)
 
-    def _accepted(self, transport: SocketTransport, peer: Any) -> None:
+    def _accepted(self, transport: SocketTransport, peer: Any, fresh: bool) -> None:
         limit = self._options.max_connections
         if limit is not None and len(self._connections) >= limit:
             transport.close_now()
             return
-        stream = Stream._for_server(transport, self._options.stream, self, peer)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+        try:
+            stream = Stream._for_server(transport, self._options.stream, self, peer, fresh)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+        except BaseException:
+            transport.close_now()
+            raise
         conn = stream._conn  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
         nursery = self._block.nursery
         assert conn is not None and nursery is not None
@@ -382,6 +389,10 @@ class Server(EventEmitter):
             self._listener_failed(exc)
             stream.destroy()
             pending = []
+        except BaseException:  # KeyboardInterrupt...: the connection still closes
+            stream.destroy()
+            nursery.start_soon(stream._lifecycle, conn, nursery, name=_TASK_NAME)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+            raise
         if pending:
             self._live_tasks += 1
             nursery.start_soon(self._serve_with_handlers, stream, pending)

@@ -346,27 +346,32 @@ class Stream(EventEmitter):
 
     @classmethod
     def _for_server(
-        cls, transport: trio.abc.Stream, options: StreamOptions, owner: _Owner, peer: Any
+        cls,
+        transport: trio.abc.Stream,
+        options: StreamOptions,
+        owner: _Owner,
+        peer: Any,
+        fresh: bool,
     ) -> Stream:
         """A server-side stream: *owner* (the server) runs it and gets its
-        failures; *peer* is the address ``accept()`` returned."""
+        failures; *peer* is the address ``accept()`` returned; *fresh* says
+        the socket has the kernel's default options."""
         stream = cls()
         stream._options = options
         stream._owner = owner
         stream._server_side = True
-        stream._adopt(transport, peer)
+        stream._adopt(transport, peer, fresh=fresh)
         stream._start_pending = False
         return stream
 
-    def _adopt(self, transport: trio.abc.Stream, peer: Any = None) -> None:
+    def _adopt(self, transport: trio.abc.Stream, peer: Any = None, *, fresh: bool = False) -> None:
         conn = _Conn(target=None, transport=transport)
         if isinstance(transport, SocketTransport):
             conn.direct = transport
         self._conn = conn
         self._sm.state = State.OPEN
         self._note_addresses(conn, peer)
-        # A socket we accepted has the kernel's defaults; a wrapped one may not.
-        self._apply_socket_options(fresh=peer is not None)
+        self._apply_socket_options(fresh=fresh)
         self._start_pending = True
         self._secure_from_first_byte(conn)
 
@@ -597,8 +602,11 @@ class Stream(EventEmitter):
         raise last_error
 
     async def _end_of_input(self, conn: _Conn) -> None:
-        """The peer's FIN: the decoder's tail, then ``'end'``."""
+        """The peer's FIN: kept data for a consumer that came meanwhile, the
+        decoder's tail, then ``'end'``."""
         await self._wait_resumed()  # the decoder's tail and 'end' come after data: not while paused
+        if self._unconsumed and self._has_consumer():
+            await self._flush_unconsumed()
         if self._carry:
             await self._deliver(b"")
         if self._decoder is not None:
@@ -1370,8 +1378,10 @@ class Stream(EventEmitter):
     def socket(self) -> trio.socket.SocketType | None:
         """The underlying Trio socket while connected, else ``None``."""
         conn = self._conn
-        transport = None if conn is None else conn.transport
-        return getattr(transport, "socket", None)
+        if conn is None or conn.transport is None:
+            return None
+        self._local_address(conn)  # read now: the caller may close the socket
+        return getattr(conn.transport, "socket", None)
 
     @property
     def bytes_read(self) -> int:
