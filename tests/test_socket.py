@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import random
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -183,6 +185,95 @@ async def test_latin1_round_trips_every_byte_value(transport: Transport, record:
 
 
 # -- backpressure --------------------------------------------------------------------
+
+
+async def test_a_flooded_reader_lets_other_tasks_run(transport: Transport) -> None:
+    """A peer (another thread) keeps the socket full while 'data' is slow:
+    the reader takes several chunks per scheduler step, as libuv does, but
+    other tasks still run between its bursts; every byte arrives in order."""
+    total = 16 * MiB
+    payload = random.Random(7).randbytes(total)
+    ticks = 0
+    ticks_seen: list[int] = []
+    digest = hashlib.sha256()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    def on_connection(conn: net.Stream) -> None:
+        def on_data(chunk: bytes) -> None:
+            ticks_seen.append(ticks)
+            digest.update(chunk)
+            time.sleep(0.0005)  # a slow listener: the kernel buffer stays full
+
+        conn.on("data", on_data)
+        conn.on("end", conn.end)
+
+    def flood(address: Any) -> bytes:
+        with socket.socket(transport.family, socket.SOCK_STREAM) as peer:
+            peer.settimeout(30)
+            peer.connect(address)
+            peer.sendall(payload)
+            peer.shutdown(socket.SHUT_WR)
+            return peer.recv(1)
+
+    with trio.fail_after(60):
+        async with net.create_server(on_connection) as server, trio.open_nursery() as nursery:
+            await transport.listen(server)
+            nursery.start_soon(ticker)
+            address = server.address()
+            assert await trio.to_thread.run_sync(flood, address) == b""
+            nursery.cancel_scope.cancel()
+            server.close()
+    assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
+    longest = max(len(list(run)) for _, run in itertools.groupby(ticks_seen))
+    # At most READ_BURST (16) reads per step (docs/behaviour.md); the ticker
+    # may run just before or just after the reader in each Trio batch.
+    assert longest <= 2 * 16, f"{longest} chunks delivered while other tasks waited"
+    assert len(ticks_seen) > 2 * 16
+
+
+async def test_drain_of_an_immediate_write_comes_before_the_next_data(
+    transport: Transport, record: Any
+) -> None:
+    """A 'data' listener's write() returns False (high_water_mark=1) though
+    the byte went out at once: its 'drain' comes before the next 'data', as
+    Node emits it on the next tick, even when the reader has more chunks
+    waiting (it reads several per scheduler step)."""
+    payload = random.Random(3).randbytes(4 * MiB)
+    recs: list[Any] = []
+    returned: list[bool] = []
+
+    def on_connection(conn: net.Stream) -> None:
+        recs.append(record(conn, keep_data=True, events=("data", "drain", "end", "close")))
+        conn.on("data", lambda chunk: returned.append(conn.write(b"k")))
+        conn.on("end", conn.end)
+
+    def flood(address: Any) -> bytes:
+        with socket.socket(transport.family, socket.SOCK_STREAM) as peer:
+            peer.settimeout(30)
+            peer.connect(address)
+            peer.sendall(payload)
+            peer.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := peer.recv(64 * KiB):
+                received += chunk
+            return received
+
+    with trio.fail_after(60):
+        async with net.create_server(on_connection, high_water_mark=1) as server:
+            await transport.listen(server)
+            echoed = await trio.to_thread.run_sync(flood, server.address())
+            server.close()
+    events = [event[0] if event[0] == "data" else event for event in recs[0].events]
+    chunks = len(recs[0].chunks)
+    assert b"".join(recs[0].chunks) == payload
+    assert returned == [False] * chunks
+    assert events == ["data", "drain"] * chunks + ["end", ("close", False)]
+    assert echoed == b"k" * chunks
 
 
 async def test_paused_reader_bounds_the_senders_queue_64mib(

@@ -73,6 +73,10 @@ logger = logging.getLogger("trio_netstream")
 
 #: Bytes asked of the transport per read (at or below glibc's mmap threshold).
 READ_SIZE = 64 * 1024
+#: Reads a plaintext socket gets per scheduler step while data keeps coming
+#: (libuv reads up to 32 times per loop iteration); the step's first read is
+#: a checkpoint, the rest are not.
+READ_BURST = 16
 # The name of a connection's Trio tasks (a constant: Trio would otherwise
 # build one from the function's name for every task).
 _TASK_NAME = "trio_netstream connection"
@@ -530,7 +534,21 @@ class Stream(EventEmitter):
             conn.flushed()  # drain() waits out the connecting
         self._kick_writer(conn)  # what was queued while connecting, an early end()
         await self._emit("connect")
+        if conn.need_drain:
+            await self._drain_owed(conn)
         return True
+
+    async def _drain_owed(self, conn: _Conn) -> None:
+        """The ``'drain'`` owed to a ``write()`` that returned ``False`` but
+        went out at once (try-write): emitted before the next ``'data'`` or
+        ``'end'``, as Node emits it on the next tick. The writer emits the
+        one owed to bytes that had to be queued."""
+        if conn.queue or conn.queued or "drain" not in self._events:
+            return
+        conn.need_drain = False
+        conn.flushed()
+        if self._sm.state not in WRITE_ENDED:  # as Node: none after end()
+            await self._emit("drain")
 
     def _start_task(self, conn: _Conn, fn: Callable[[_Conn], Any]) -> bool:
         """Start one of the connection's tasks (writer, timer) under its own
@@ -613,6 +631,8 @@ class Stream(EventEmitter):
             tail = self._decoder.flush()
             if tail:
                 await self._deliver_decoded(tail)
+        if conn.need_drain:
+            await self._drain_owed(conn)
         if not self._sm.can(Input.PEER_END):
             return  # the stream failed or was destroyed meanwhile (e.g. the writer's EPIPE)
         self._sm.apply(Input.PEER_END)
@@ -629,9 +649,13 @@ class Stream(EventEmitter):
         transport = conn.transport
         assert transport is not None
         receive = transport.receive_some
+        plain = transport if type(transport) is SocketTransport else None
+        burst = 0  # reads left before the next checkpoint
         limit = self._options.high_water_mark
         upgrade = conn.upgrade
         while True:
+            if conn.need_drain:
+                await self._drain_owed(conn)
             if upgrade is not conn.upgrade:  # set_secure() was called
                 return False, None
             if self._unconsumed and self._has_consumer():
@@ -642,8 +666,18 @@ class Stream(EventEmitter):
                 await self._park_reader()
                 continue
             conn.in_receive = True
+            data: bytes | bytearray
             try:
-                data = await receive(READ_SIZE)
+                if burst and plain is not None and not scope.cancel_called:
+                    burst -= 1
+                    now = plain.receive_now(READ_SIZE)
+                    if now is None:  # nothing yet: wait (no second recv() first)
+                        now = await plain.receive_when_ready(READ_SIZE)
+                        burst = READ_BURST - 1
+                    data = now
+                else:
+                    data = await receive(READ_SIZE)
+                    burst = READ_BURST - 1
             except (OSError, trio.BrokenResourceError) as exc:
                 raise TransportError(translate(exc)) from None
             except trio.ClosedResourceError as exc:
