@@ -187,6 +187,24 @@ async def test_latin1_round_trips_every_byte_value(transport: Transport, record:
 # -- backpressure --------------------------------------------------------------------
 
 
+async def flood(transport: Transport, address: Any, payload: bytes) -> bytes:
+    """Send *payload* then FIN from another thread (a blocking socket keeps the
+    kernel buffers full, whatever this thread does); what came back."""
+
+    def run() -> bytes:
+        with socket.socket(transport.family, socket.SOCK_STREAM) as peer:
+            peer.settimeout(30)
+            peer.connect(address)
+            peer.sendall(payload)
+            peer.shutdown(socket.SHUT_WR)
+            received = bytearray()
+            while chunk := peer.recv(64 * KiB):
+                received += chunk
+            return bytes(received)
+
+    return await trio.to_thread.run_sync(run)
+
+
 async def test_a_flooded_reader_lets_other_tasks_run(transport: Transport) -> None:
     """A peer (another thread) keeps the socket full while 'data' is slow:
     the reader takes several chunks per scheduler step, as libuv does, but
@@ -212,20 +230,12 @@ async def test_a_flooded_reader_lets_other_tasks_run(transport: Transport) -> No
         conn.on("data", on_data)
         conn.on("end", conn.end)
 
-    def flood(address: Any) -> bytes:
-        with socket.socket(transport.family, socket.SOCK_STREAM) as peer:
-            peer.settimeout(30)
-            peer.connect(address)
-            peer.sendall(payload)
-            peer.shutdown(socket.SHUT_WR)
-            return peer.recv(1)
-
     with trio.fail_after(60):
         async with net.create_server(on_connection) as server, trio.open_nursery() as nursery:
             await transport.listen(server)
             nursery.start_soon(ticker)
             address = server.address()
-            assert await trio.to_thread.run_sync(flood, address) == b""
+            assert await flood(transport, address, payload) == b""
             nursery.cancel_scope.cancel()
             server.close()
     assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
@@ -252,21 +262,10 @@ async def test_drain_of_an_immediate_write_comes_before_the_next_data(
         conn.on("data", lambda chunk: returned.append(conn.write(b"k")))
         conn.on("end", conn.end)
 
-    def flood(address: Any) -> bytes:
-        with socket.socket(transport.family, socket.SOCK_STREAM) as peer:
-            peer.settimeout(30)
-            peer.connect(address)
-            peer.sendall(payload)
-            peer.shutdown(socket.SHUT_WR)
-            received = b""
-            while chunk := peer.recv(64 * KiB):
-                received += chunk
-            return received
-
     with trio.fail_after(60):
         async with net.create_server(on_connection, high_water_mark=1) as server:
             await transport.listen(server)
-            echoed = await trio.to_thread.run_sync(flood, server.address())
+            echoed = await flood(transport, server.address(), payload)
             server.close()
     events = [event[0] if event[0] == "data" else event for event in recs[0].events]
     chunks = len(recs[0].chunks)
