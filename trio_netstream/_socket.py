@@ -105,28 +105,6 @@ class SocketTransport(trio.abc.HalfCloseableStream):
         except BlockingIOError:
             return 0
 
-    def receive_now(self, max_bytes: int) -> bytes | None:
-        """What has arrived, up to *max_bytes*, without waiting and without a
-        checkpoint (``b""`` at EOF); ``None`` if nothing has.
-
-        For a reader that checkpoints on its own, as libuv reads several
-        times per loop iteration.
-
-        Raises:
-            OSError: the socket failed.
-        """
-        return _recv_now(self._sock, max_bytes)
-
-    async def receive_when_ready(self, max_bytes: int) -> bytes:
-        """:meth:`receive_some` for a caller that has just found nothing there
-        (:meth:`receive_now` returned ``None``): it waits before reading."""
-        sock = self._sock
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            data = _recv_now(sock, max_bytes)
-            if data is not None:
-                return data
-
     def reset_error(self) -> ConnectionResetError | None:
         """The reset a read would report now (without consuming data), if any.
 

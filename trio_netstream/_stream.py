@@ -73,10 +73,6 @@ logger = logging.getLogger("trio_netstream")
 
 #: Bytes asked of the transport per read (at or below glibc's mmap threshold).
 READ_SIZE = 64 * 1024
-#: Reads a plaintext socket gets per scheduler step while data keeps coming
-#: (libuv reads up to 32 times per loop iteration); the step's first read is
-#: a checkpoint, the rest are not.
-READ_BURST = 16
 # The name of a connection's Trio tasks (a constant: Trio would otherwise
 # build one from the function's name for every task).
 _TASK_NAME = "trio_netstream connection"
@@ -649,8 +645,6 @@ class Stream(EventEmitter):
         transport = conn.transport
         assert transport is not None
         receive = transport.receive_some
-        plain = transport if type(transport) is SocketTransport else None
-        burst = 0  # reads left before the next checkpoint
         limit = self._options.high_water_mark
         upgrade = conn.upgrade
         while True:
@@ -666,18 +660,8 @@ class Stream(EventEmitter):
                 await self._park_reader()
                 continue
             conn.in_receive = True
-            data: bytes | bytearray
             try:
-                if burst and plain is not None and not scope.cancel_called:
-                    burst -= 1
-                    now = plain.receive_now(READ_SIZE)
-                    if now is None:  # nothing yet: wait (no second recv() first)
-                        now = await plain.receive_when_ready(READ_SIZE)
-                        burst = READ_BURST - 1
-                    data = now
-                else:
-                    data = await receive(READ_SIZE)
-                    burst = READ_BURST - 1
+                data = await receive(READ_SIZE)
             except (OSError, trio.BrokenResourceError) as exc:
                 raise TransportError(translate(exc)) from None
             except trio.ClosedResourceError as exc:
