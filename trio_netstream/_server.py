@@ -383,21 +383,21 @@ class Server(EventEmitter):
         self._connections.add(stream)
         self._live_tasks += 1  # the connection's task; _lifecycle_done counts it off
         # 'connection' as Node emits it: at once, as the connection is accepted.
+        pending: list[Awaitable[object]] = []
         try:
             pending = self._dispatch_connection(stream)
         except Exception as exc:  # a 'connection' listener raised
             self._listener_failed(exc)
             stream.destroy()
-            pending = []
-        except BaseException:  # KeyboardInterrupt...: the connection still closes
+        except BaseException:  # KeyboardInterrupt...
             stream.destroy()
-            nursery.start_soon(stream._lifecycle, conn, nursery, name=_TASK_NAME)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
             raise
-        if pending:
-            self._live_tasks += 1
-            nursery.start_soon(self._serve_with_handlers, stream, pending)
-        else:
-            nursery.start_soon(stream._lifecycle, conn, nursery, name=_TASK_NAME)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+        finally:  # in every case the connection's task runs: it closes the socket
+            if pending:
+                self._live_tasks += 1
+                nursery.start_soon(self._serve_with_handlers, stream, pending)
+            else:
+                nursery.start_soon(stream._lifecycle, conn, nursery, name=_TASK_NAME)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
 
     def _lifecycle_done(self, stream: Stream) -> None:
         self._connections.discard(stream)

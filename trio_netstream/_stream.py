@@ -184,15 +184,13 @@ class _Conn:
     # and the timer each in their own. cancel_io() cancels them all.
     step_scope: trio.CancelScope | None = None
     scopes: list[trio.CancelScope] = attrs.Factory(list[trio.CancelScope])
-    read_scope: trio.CancelScope | None = None  # the step's, while it reads
-    in_receive: bool = False
+    in_receive: bool = False  # blocked in receive_some(), under step_scope
     read_stopped: bool = False
     timer_running: bool = False
     timer_wait: trio.CancelScope | None = None
     peer: tuple[str | None, int | None, str | None] = (None, None, None)
     local: tuple[str | None, int | None] = (None, None)
     local_unread: bool = False  # getsockname() is called when first needed
-    connected_to: Any = None  # the address connect() reached
     upgrade: _Upgrade | None = None
     direct: SocketTransport | None = None  # set while write() may send at once
     plain_queue: list[bytes | memoryview] = attrs.Factory(list[bytes | memoryview])
@@ -485,11 +483,7 @@ class Stream(EventEmitter):
                         upgrade = conn.upgrade
                         if upgrade is not None and not upgrade.done.is_set():
                             await self._secure(conn, upgrade)
-                        conn.read_scope = scope
-                        try:
-                            eof, held = await self._read_session(conn, scope)
-                        finally:
-                            conn.read_scope = None
+                        eof, held = await self._read_session(conn, scope)
                     if scope.cancel_called:
                         continue  # woken (or stopped): the rest in a fresh step
                     if not conn.read_stopped:  # no FIN came from the peer: no 'end'
@@ -519,12 +513,12 @@ class Stream(EventEmitter):
             self._start_timer(conn)
         if conn.transport is None:
             assert conn.target is not None
-            conn.transport = await self._open(conn, conn.target)
+            conn.transport, peer = await self._open(conn.target)
             if conn.io_cancelled:
                 return False  # destroyed as the connection came up: teardown closes it
             if conn.upgrade is None:
                 conn.direct = conn.transport
-            self._note_addresses(conn, conn.connected_to)
+            self._note_addresses(conn, peer)
             self._apply_socket_options(fresh=True)
             self._sm.apply(Input.CONNECTED)
             conn.flushed()  # drain() waits out the connecting
@@ -574,7 +568,8 @@ class Stream(EventEmitter):
         except Exception as exc:  # a listener raised
             self._owner._listener_failed(exc)  # pyright: ignore[reportPrivateUsage]  # the internal _Owner protocol
 
-    async def _open(self, conn: _Conn, target: _Target) -> SocketTransport:
+    async def _open(self, target: _Target) -> tuple[SocketTransport, Any]:
+        """A connected transport, and the address it reached."""
         candidates: list[tuple[int, int, int, Any]]
         if target.path is not None:
             candidates = [(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM, 0, target.path)]
@@ -610,8 +605,7 @@ class Stream(EventEmitter):
             except BaseException:
                 plain.close()
                 raise
-            conn.connected_to = address
-            return SocketTransport(plain)
+            return SocketTransport(plain), address
         assert last_error is not None
         raise last_error
 
@@ -714,11 +708,11 @@ class Stream(EventEmitter):
         if (
             conn is not None
             and conn.in_receive
-            and conn.read_scope is not None
+            and conn.step_scope is not None
             and conn.tls is None
             and (upgrade or self._unconsumed)
         ):
-            conn.read_scope.cancel()
+            conn.step_scope.cancel()
 
     async def _secure(self, conn: _Conn, upgrade: _Upgrade) -> None:
         """Upgrade the connection to TLS, then emit ``'secure'``.
