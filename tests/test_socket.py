@@ -245,6 +245,71 @@ async def test_a_flooded_reader_lets_other_tasks_run(transport: Transport) -> No
     assert len(ticks_seen) > 2
 
 
+async def test_a_writer_paced_by_drain_lets_other_tasks_run(transport: Transport) -> None:
+    """A sender that writes again in every 'drain' to a peer (another thread)
+    that reads as fast as it can: the kernel takes every write at once, yet
+    other tasks still run between the writes; every byte arrives in order."""
+    total, chunk_size = 32 * MiB, 64 * KiB
+    payload = random.Random(11).randbytes(total)
+    ticks = 0
+    ticks_seen: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    with socket.socket(transport.family, socket.SOCK_STREAM) as listener:
+        listener.bind(transport.path if transport.host is None else (transport.host, 0))
+        listener.listen(1)
+        listener.settimeout(30)
+
+        def sink() -> str:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(30)
+                digest = hashlib.sha256()
+                while chunk := conn.recv(256 * KiB):
+                    digest.update(chunk)
+                return digest.hexdigest()
+
+        address = listener.getsockname()
+        target = (address,) if transport.host is None else (address[1], transport.host)
+        stream = net.create_connection(*target)
+        offset = 0
+
+        def pump() -> None:
+            nonlocal offset
+            while offset < total:
+                ticks_seen.append(ticks)
+                chunk = payload[offset : offset + chunk_size]
+                offset += chunk_size
+                if not stream.write(chunk):
+                    return  # the next write comes from 'drain'
+            stream.end()
+
+        stream.on("connect", pump)
+        stream.on("drain", pump)
+        digests: list[str] = []
+
+        async def run_sink() -> None:
+            digests.append(await trio.to_thread.run_sync(sink))
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ticker)
+                async with trio.open_nursery() as transfer:
+                    transfer.start_soon(run_sink)
+                    async with stream:
+                        pass
+                nursery.cancel_scope.cancel()
+    assert digests == [hashlib.sha256(payload).hexdigest()]
+    assert len(ticks_seen) == total // chunk_size
+    longest = max(len(list(run)) for _, run in itertools.groupby(ticks_seen))
+    assert longest <= 2, f"{longest} writes made while other tasks waited"
+
+
 async def test_drain_of_an_immediate_write_comes_before_the_next_data(
     transport: Transport, record: Any
 ) -> None:

@@ -478,6 +478,8 @@ class Stream(EventEmitter):
                     if held is not None:
                         chunk, held = held, None
                         await self._wait_resumed()
+                        if conn.need_drain:
+                            await self._drain_owed(conn)
                         await self._deliver(chunk)
                     while not (eof or scope.cancel_called):
                         upgrade = conn.upgrade
@@ -524,8 +526,6 @@ class Stream(EventEmitter):
             conn.flushed()  # drain() waits out the connecting
         self._kick_writer(conn)  # what was queued while connecting, an early end()
         await self._emit("connect")
-        if conn.need_drain:
-            await self._drain_owed(conn)
         return True
 
     async def _drain_owed(self, conn: _Conn) -> None:
@@ -642,11 +642,11 @@ class Stream(EventEmitter):
         limit = self._options.high_water_mark
         upgrade = conn.upgrade
         while True:
-            if conn.need_drain:
-                await self._drain_owed(conn)
             if upgrade is not conn.upgrade:  # set_secure() was called
                 return False, None
             if self._unconsumed and self._has_consumer():
+                if conn.need_drain:
+                    await self._drain_owed(conn)
                 await self._flush_unconsumed()
             if self._paused or (
                 self._unconsumed and self._unconsumed_size >= limit and not self._has_consumer()
@@ -676,6 +676,8 @@ class Stream(EventEmitter):
                 return False, data
             if self._paused:
                 await self._wait_resumed()
+            if conn.need_drain:
+                await self._drain_owed(conn)
             lock = self._emit_lock
             if (
                 self._decoder is None
@@ -864,15 +866,11 @@ class Stream(EventEmitter):
                     if not conn.queue:
                         conn.flushed()
                         if conn.need_drain:
-                            conn.need_drain = False
-                            if self._sm.state not in WRITE_ENDED:  # as Node: none after end()
-                                await self._emit("drain")
+                            await self._emit_drain(conn)
                     continue
                 if conn.need_drain and self._sm.state is not State.OPENING:
                     # Everything write() took went out at once (try-write).
-                    conn.need_drain = False
-                    if self._sm.state not in WRITE_ENDED:
-                        await self._emit("drain")
+                    await self._emit_drain(conn)
                     conn.flushed()
                     continue
                 if self._sm.state in (State.READ_ONLY, State.ENDED):
@@ -887,6 +885,16 @@ class Stream(EventEmitter):
                 await conn.writer_lot.park()
         finally:
             conn.finish_writer()
+
+    async def _emit_drain(self, conn: _Conn) -> None:
+        """The writer's ``'drain'`` (none after ``end()``, as Node), then a
+        checkpoint: a listener that writes again owes another ``'drain'`` at
+        once when the kernel takes the bytes, and other tasks must run
+        between the writes."""
+        conn.need_drain = False
+        if self._sm.state not in WRITE_ENDED:
+            await self._emit("drain")
+        await trio.lowlevel.checkpoint()
 
     @staticmethod
     def _take(conn: _Conn) -> bytes | memoryview:
