@@ -310,6 +310,89 @@ async def test_a_writer_paced_by_drain_lets_other_tasks_run(transport: Transport
     assert longest <= 2, f"{longest} writes made while other tasks waited"
 
 
+class SleepWatch(trio.abc.Instrument):
+    """Counts the scheduler steps in which some task was still runnable (a
+    non-blocking I/O check) before the process next sleeps in epoll."""
+
+    def __init__(self) -> None:
+        self.busy: int | None = None
+        self.counts: list[int] = []
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self.busy is None:
+            return
+        if timeout > 0:
+            self.counts.append(self.busy)
+            self.busy = None
+        else:
+            self.busy += 1
+
+    async def busy_steps_until_sleep(self) -> int:
+        self.busy = 0
+        await trio.sleep(0.05)  # nothing else to do: the process sleeps here
+        assert self.busy is None, "the process never slept"
+        return self.counts[-1]
+
+
+async def test_a_receiver_keeps_trying_briefly_after_a_bulk_read(transport: Transport) -> None:
+    """A connection that goes quiet right after a large read keeps trying for
+    at most 16 scheduler steps before the process sleeps (the rest of a bulk
+    flow is usually microseconds away); each quiet spell halves the tries, a
+    read during them doubles them again, and a connection that reads small
+    chunks lets the process sleep at once."""
+    watch = SleepWatch()
+    received = 0
+    expected = 0
+    arrived = trio.Event()
+
+    def on_connection(conn: net.Stream) -> None:
+        def on_data(chunk: bytes) -> None:
+            nonlocal received
+            received += len(chunk)
+            if received == expected:
+                arrived.set()
+
+        conn.on("data", on_data)
+        conn.on("end", conn.end)
+
+    def send(peer: socket.socket, size: int) -> None:
+        nonlocal arrived, expected
+        if received == expected:
+            arrived = trio.Event()
+        expected += size
+        peer.sendall(b"x" * size)  # all queued before the reader runs: one read takes it
+
+    async def quiet_after(peer: socket.socket, size: int) -> int:
+        send(peer, size)
+        await arrived.wait()
+        return await watch.busy_steps_until_sleep()
+
+    with trio.fail_after(20):
+        async with net.create_server(on_connection) as server:
+            await transport.listen(server)
+            with socket.socket(transport.family, socket.SOCK_STREAM) as peer:
+                peer.connect(server.address())
+                trio.lowlevel.add_instrument(watch)
+                try:
+                    small = [await quiet_after(peer, 100) for _ in range(3)]
+                    halving = [await quiet_after(peer, 64 * KiB) for _ in range(3)]
+                    # The next chunk comes while the receiver is still trying.
+                    send(peer, 64 * KiB)
+                    await trio.lowlevel.checkpoint()
+                    await trio.lowlevel.checkpoint()
+                    restored = await quiet_after(peer, 64 * KiB)
+                    fading = [await quiet_after(peer, 64 * KiB) for _ in range(3)]
+                finally:
+                    trio.lowlevel.remove_instrument(watch)
+            server.close()
+    assert received == 3 * 100 + 8 * 64 * KiB
+    # Tries: 16, 8, 4, then 2 (one is made before the test task counts).
+    assert small == [0, 0, 0]
+    assert halving == [15, 7, 3]
+    assert restored == 3  # the 2 tries found data: 4 now
+    assert fading == [1, 0, 0]  # 2, then never fewer than 1
+
+
 async def test_drain_of_an_immediate_write_comes_before_the_next_data(
     transport: Transport, record: Any
 ) -> None:

@@ -168,7 +168,7 @@ FULL = Sizes(
     churn=5_000,
     idle=10_000,
     tls_bytes=256 << 20,
-    runs=3,
+    runs=5,
 )
 QUICK = Sizes(
     bulk_bytes=4 << 20,
@@ -1456,7 +1456,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated implementations (default: all of {','.join(PEERS)}); "
         "raw trio is always added, as the baseline",
     )
-    parser.add_argument("--runs", type=int, help="runs per implementation (default 3, quick 1)")
+    parser.add_argument("--runs", type=int, help="runs per implementation (default 5, quick 1)")
     parser.add_argument(
         "--output-dir",
         type=Path,
