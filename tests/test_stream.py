@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import itertools
 import math
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -727,6 +727,45 @@ async def test_switching_encoding_mid_stream_loses_no_bytes(record: Any) -> None
     assert rec.chunks[-1] == "é"
     assert rec.events == ["connect", "data", "end", ("close", False)]
     assert stream.bytes_read == 9
+
+
+async def test_kept_chunks_come_in_the_encoding_set_before_they_are_taken() -> None:
+    """Bytes that arrived while nobody consumed them, then set_encoding():
+    they come as str, a character split across them whole (as Node's
+    setEncoding() converts its buffer)."""
+    a, b = memory_stream_pair()
+    stream = Stream.wrap(a)
+    text = "héllo あ!"
+    encoded = text.encode()
+    async with stream:
+        await b.send_all(encoded[:9])  # ends inside あ
+        await wait_all_tasks_blocked()
+        await b.send_all(encoded[9:10])
+        await wait_all_tasks_blocked()
+        stream.set_encoding("utf8")
+        chunks: list[bytes | str] = []
+        stream.on("data", chunks.append)
+        await wait_all_tasks_blocked()
+        await b.send_all(encoded[10:])
+        await b.send_eof()
+        await wait_all_tasks_blocked()
+        stream.end()
+    assert all(isinstance(chunk, str) for chunk in chunks), chunks
+    assert "".join(cast("list[str]", chunks)) == text
+
+
+async def test_kept_text_comes_as_bytes_after_set_encoding_none() -> None:
+    a, b = memory_stream_pair()
+    stream = Stream.wrap(a)
+    stream.set_encoding("hex")
+    async with stream:
+        await b.send_all(b"\x00\xff")
+        await b.send_eof()
+        await wait_all_tasks_blocked()  # 'end' came; the chunk is kept
+        stream.set_encoding(None)
+        chunks = [chunk async for chunk in stream]
+        stream.end()
+    assert chunks == [b"\x00\xff"]
 
 
 # --- write() ---------------------------------------------------------------------------------

@@ -1301,6 +1301,16 @@ class Stream(EventEmitter):
         """
         new = None if encoding is None else get_decoder(encoding)
         held = b"" if self._decoder is None else self._decoder.pending()
+        kept = self._unconsumed
+        if kept:
+            # Kept chunks were not delivered yet: they come in the new
+            # encoding too, as Node's setEncoding() converts its buffer.
+            # (The list is changed in place: an ``async for`` may hold it.)
+            old = self._encoding or "utf8"  # text is only kept while an encoding is set
+            raw = [chunk if isinstance(chunk, bytes) else encode(chunk, old) for chunk in kept]
+            chunks = raw if new is None else [new.decode(chunk) for chunk in raw]
+            kept[:] = [chunk for chunk in chunks if chunk]
+            self._unconsumed_size = sum(map(len, kept))
         self._decoder = new
         self._encoding = encoding
         # Bytes the old decoder held (a split character) go first into the new one.
