@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
 import struct
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
 import trio_netstream as net
 
@@ -253,3 +256,128 @@ async def test_the_local_address_survives_the_user_closing_the_socket() -> None:
                 await client.send(b"x")
                 await server.wait_closed()
     assert seen == [address]
+
+
+async def _write_on_data_then_eof_with_a_split_character() -> list[Any]:
+    events: list[Any] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        stream = net.create_connection(listener.getsockname()[1], high_water_mark=1)
+        stream.set_encoding("utf8")
+
+        def on_data(text: str) -> None:
+            events.append(("data", text))
+            if text == "hi":
+                events.append(("write", stream.write(b"k")))
+
+        stream.on("data", on_data)
+        stream.on("drain", lambda: events.append("drain"))
+        stream.on("end", lambda: events.append("end"))
+        stream.on("end", stream.end)
+        with trio.fail_after(10):
+            async with stream:
+                peer, _ = await trio.to_thread.run_sync(listener.accept)
+                peer.sendall(b"hi\xe2\x82")  # then FIN, before the client reads
+                peer.shutdown(socket.SHUT_WR)
+        peer.close()  # after the client ended too: closing with unread bytes would reset
+    return events
+
+
+async def test_the_owed_drain_comes_before_the_decoders_tail_at_the_eof() -> None:
+    """A 'data' listener's write() went out at once; the peer's FIN came with
+    a truncated character: the 'drain' came after the decoder's last 'data'
+    in about half the runs."""
+    for _ in range(20):
+        events = await _write_on_data_then_eof_with_a_split_character()
+        assert events == [("data", "hi"), ("write", False), "drain", ("data", "\ufffd"), "end"]
+
+
+@pytest.mark.parametrize("handshake_succeeds", [True, False], ids=["secure", "failed"])
+async def test_the_owed_drain_comes_before_a_starttls_handshake(handshake_succeeds: bool) -> None:
+    """write() then set_secure() in a 'data' listener (the STARTTLS reply):
+    the 'drain' owed to the write waited for the handshake, and never came
+    if the handshake failed."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    if handshake_succeeds:
+        ca.configure_trust(client_ctx)
+    events: list[Any] = []
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    stream = net.create_connection(listeners[0].socket.getsockname()[1], high_water_mark=1)
+
+    def on_data(chunk: bytes) -> None:
+        events.append(("data", chunk))
+        events.append(("write", stream.write(b"STARTTLS")))
+        stream.set_secure(client_ctx)
+
+    stream.on("data", on_data)
+    stream.on("drain", lambda: events.append("drain"))
+    handshake_over = trio.Event()
+    stream.on("secure", lambda: (events.append("secure"), handshake_over.set()))
+    stream.on("error", lambda exc: (events.append("error"), handshake_over.set()))
+    with trio.fail_after(10):
+        async with stream:
+            peer = await listeners[0].accept()
+            await peer.send_all(b"go")
+            received = b""
+            while len(received) < len(b"STARTTLS"):
+                received += await peer.receive_some(100)
+            tls = trio.SSLStream(peer, server_ctx, server_side=True)
+            with contextlib.suppress(trio.BrokenResourceError):
+                await tls.do_handshake()
+            await handshake_over.wait()
+            stream.destroy()
+        await peer.aclose()
+        await listeners[0].aclose()
+    assert events[:3] == [("data", b"go"), ("write", False), "drain"]
+    assert events[3] == ("secure" if handshake_succeeds else "error")
+
+
+async def test_a_loop_started_right_after_break_gets_the_next_chunks() -> None:
+    """The old loop's refused chunk cleared the new loop's feed: the second
+    ``async for`` waited forever."""
+    left, right = trio.testing.memory_stream_pair()
+    got: list[bytes] = []
+    with trio.fail_after(10):
+        async with net.Stream.wrap(left) as stream:
+            for piece in (b"1", b"2", b"3"):
+                await right.send_all(piece)
+                await trio.testing.wait_all_tasks_blocked()
+            async for chunk in stream:
+                got.append(chunk)
+                await trio.lowlevel.checkpoint()
+                break
+            async for chunk in stream:
+                got.append(chunk)
+                break
+            async for chunk in stream:
+                got.append(chunk)
+                break
+            stream.destroy()
+    assert got == [b"1", b"2", b"3"]
+
+
+async def test_no_drain_after_end_called_while_an_async_listener_ran() -> None:
+    """The state was checked before waiting for the async 'data' listener
+    to finish; the listener called end() meanwhile and still got 'drain'."""
+    left, right = trio.testing.memory_stream_pair()
+    stream = net.Stream.wrap(left, high_water_mark=1)
+    events: list[Any] = []
+
+    async def on_data(chunk: bytes) -> None:
+        events.append(("write", stream.write(b"k")))
+        await trio.sleep(0.05)
+        stream.end()
+        events.append("end()")
+
+    stream.on("data", on_data)
+    stream.on("drain", lambda: events.append("drain"))
+    with trio.fail_after(10):
+        async with stream:
+            await right.send_all(b"x")
+            await trio.sleep(0.2)
+            await right.send_eof()
+    assert events == [("write", False), "end()"]

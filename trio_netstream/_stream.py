@@ -612,6 +612,8 @@ class Stream(EventEmitter):
     async def _end_of_input(self, conn: _Conn) -> None:
         """The peer's FIN: kept data for a consumer that came meanwhile, the
         decoder's tail, then ``'end'``."""
+        if conn.need_drain:
+            await self._drain_owed(conn)  # before the kept data and the decoder's tail
         await self._wait_resumed()  # the decoder's tail and 'end' come after data: not while paused
         if self._unconsumed and self._has_consumer():
             await self._flush_unconsumed()
@@ -621,8 +623,6 @@ class Stream(EventEmitter):
             tail = self._decoder.flush()
             if tail:
                 await self._deliver_decoded(tail)
-        if conn.need_drain:
-            await self._drain_owed(conn)
         if not self._sm.can(Input.PEER_END):
             return  # the stream failed or was destroyed meanwhile (e.g. the writer's EPIPE)
         self._sm.apply(Input.PEER_END)
@@ -724,6 +724,8 @@ class Stream(EventEmitter):
         after ``'secure'``. The writer has sent the plaintext written before
         the call and waits; the reader is the only task using the socket.
         """
+        if conn.need_drain:
+            await self._drain_owed(conn)  # owed to plaintext that went out at once
         # Plaintext the decoder still holds (a split character) ends here too.
         if self._carry:
             await self._deliver(b"")
@@ -793,7 +795,8 @@ class Stream(EventEmitter):
             await self._emit("data", chunk)
         feed = self._feed
         if feed is not None and not feed.finished and not await feed.put(chunk):
-            self._feed = None
+            if self._feed is feed:  # not a new loop started meanwhile
+                self._feed = None
             if "data" not in self._events:
                 # The loop was left: nobody took this chunk; keep it, first in line.
                 self._unconsumed.insert(0, chunk)
@@ -1006,6 +1009,8 @@ class Stream(EventEmitter):
         lock = self._emit_lock
         if lock is not None and lock.locked():
             async with lock:
+                if event == "drain" and self._sm.state in WRITE_ENDED:
+                    return  # end() came while an async listener held the emission back
                 pending = self.emit(event, *args)
                 if pending is not None:
                     await pending
