@@ -386,11 +386,15 @@ async def test_a_receiver_keeps_trying_briefly_after_a_bulk_read(transport: Tran
                     trio.lowlevel.remove_instrument(watch)
             server.close()
     assert received == 3 * 100 + 8 * 64 * KiB
-    # Tries: 16, 8, 4, then 2 (one is made before the test task counts).
     assert small == [0, 0, 0]
-    assert halving == [15, 7, 3]
-    assert restored == 3  # the 2 tries found data: 4 now
-    assert fading == [1, 0, 0]  # 2, then never fewer than 1
+    assert max([*halving, restored, *fading]) <= 16
+    if transport.kind == "unix":
+        # A UNIX socket queues each send whole at once (a loaded TCP loopback
+        # may deliver one in two parts: another read, other tries).
+        # Tries: 16, 8, 4, then 2 (one is made before the test task counts).
+        assert halving == [15, 7, 3]
+        assert restored == 3  # the 2 tries found data: 4 now
+        assert fading == [1, 0, 0]  # 2, then never fewer than 1
 
 
 async def test_drain_of_an_immediate_write_comes_before_the_next_data(
