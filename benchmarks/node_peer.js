@@ -89,6 +89,7 @@ function bulk() {
   const start = process.hrtime.bigint();
   let sent = 0;
   const socket = connect(pump);
+  if (cfg.no_delay) socket.setNoDelay(true);
   function pump() {
     while (sent < writes) {
       sent += 1;
