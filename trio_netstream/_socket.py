@@ -18,7 +18,8 @@ flow: the rest is usually microseconds away) first yields to Trio's
 scheduler a few times, trying again each time, before it waits in epoll.
 Sleeping there costs the *sender* a wake-up of this process on every
 chunk; on the benchmark's VM, trying first took the median of loopback
-bulk from 3.0 to 4.8 GB/s. Other tasks run at every yield; the number of
+bulk with Nagle on from 3.0 to 4.8 GB/s (docs/behaviour.md has the
+figures with ``no_delay``). Other tasks run at every yield; the number of
 tries adapts (it doubles after a spell found data, halves after one found
 none), and connections that read small chunks (request/response, idle)
 sleep at once. TLS reads through this transport too.
