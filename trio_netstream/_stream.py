@@ -537,8 +537,7 @@ class Stream(EventEmitter):
             return
         conn.need_drain = False
         conn.flushed()
-        if self._sm.state not in WRITE_ENDED:  # as Node: none after end()
-            await self._emit("drain")
+        await self._emit("drain")
 
     def _start_task(self, conn: _Conn, fn: Callable[[_Conn], Any]) -> bool:
         """Start one of the connection's tasks (writer, timer) under its own
@@ -890,13 +889,11 @@ class Stream(EventEmitter):
             conn.finish_writer()
 
     async def _emit_drain(self, conn: _Conn) -> None:
-        """The writer's ``'drain'`` (none after ``end()``, as Node), then a
-        checkpoint: a listener that writes again owes another ``'drain'`` at
-        once when the kernel takes the bytes, and other tasks must run
-        between the writes."""
+        """The writer's ``'drain'``, then a checkpoint: a listener that writes
+        again owes another ``'drain'`` at once when the kernel takes the
+        bytes, and other tasks must run between the writes."""
         conn.need_drain = False
-        if self._sm.state not in WRITE_ENDED:
-            await self._emit("drain")
+        await self._emit("drain")
         await trio.lowlevel.checkpoint()
 
     @staticmethod
@@ -1006,11 +1003,16 @@ class Stream(EventEmitter):
         conn.cancel_io()
 
     async def _emit(self, event: str, *args: object) -> None:
+        """Emit *event* after any async listener still running. As Node, no
+        ``'drain'`` after ``end()``, also when ``end()`` came while an async
+        listener held the emission back."""
+        if event == "drain" and self._sm.state in WRITE_ENDED:
+            return
         lock = self._emit_lock
         if lock is not None and lock.locked():
             async with lock:
                 if event == "drain" and self._sm.state in WRITE_ENDED:
-                    return  # end() came while an async listener held the emission back
+                    return
                 pending = self.emit(event, *args)
                 if pending is not None:
                     await pending
