@@ -245,14 +245,34 @@ async def test_a_flooded_reader_lets_other_tasks_run(transport: Transport) -> No
     assert len(ticks_seen) > 2
 
 
-async def test_a_writer_paced_by_drain_lets_other_tasks_run(transport: Transport) -> None:
+class StepCounter(trio.abc.Instrument):
+    """Numbers the task steps: calls made in one step of a task see the same
+    number, calls in different steps see different ones."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "per_step"),
+    [(16 * KiB, 4), (64 * KiB, 4), (128 * KiB, 2), (384 * KiB, 1)],
+    ids=["16KiB", "64KiB", "128KiB", "384KiB"],
+)
+async def test_a_writer_paced_by_drain_lets_other_tasks_run(
+    transport: Transport, chunk_size: int, per_step: int
+) -> None:
     """A sender that writes again in every 'drain' to a peer (another thread)
-    that reads as fast as it can: the kernel takes every write at once, yet
-    other tasks still run between the writes; every byte arrives in order."""
-    total, chunk_size = 32 * MiB, 64 * KiB
+    that reads as fast as it can: the kernel takes most writes at once, yet
+    the writer yields after four 'drain's or 256 KiB (docs/behaviour.md), so
+    other tasks run between its steps; every byte arrives in order."""
+    total = 32 * MiB
     payload = random.Random(11).randbytes(total)
+    counter = StepCounter()
     ticks = 0
-    ticks_seen: list[int] = []
+    writes: list[tuple[int, int]] = []  # (writer step, ticker runs) at each write
 
     async def ticker() -> None:
         nonlocal ticks
@@ -282,7 +302,7 @@ async def test_a_writer_paced_by_drain_lets_other_tasks_run(transport: Transport
         def pump() -> None:
             nonlocal offset
             while offset < total:
-                ticks_seen.append(ticks)
+                writes.append((counter.steps, ticks))
                 chunk = payload[offset : offset + chunk_size]
                 offset += chunk_size
                 if not stream.write(chunk):
@@ -296,18 +316,28 @@ async def test_a_writer_paced_by_drain_lets_other_tasks_run(transport: Transport
         async def run_sink() -> None:
             digests.append(await trio.to_thread.run_sync(sink))
 
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(ticker)
-                async with trio.open_nursery() as transfer:
-                    transfer.start_soon(run_sink)
-                    async with stream:
-                        pass
-                nursery.cancel_scope.cancel()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ticker)
+                    async with trio.open_nursery() as transfer:
+                        transfer.start_soon(run_sink)
+                        async with stream:
+                            pass
+                    nursery.cancel_scope.cancel()
+        finally:
+            trio.lowlevel.remove_instrument(counter)
     assert digests == [hashlib.sha256(payload).hexdigest()]
-    assert len(ticks_seen) == total // chunk_size
-    longest = max(len(list(run)) for _, run in itertools.groupby(ticks_seen))
-    assert longest <= 2, f"{longest} writes made while other tasks waited"
+    assert len(writes) == -(-total // chunk_size)
+    steps = [list(group) for _, group in itertools.groupby(writes, key=lambda w: w[0])]
+    most = max(len(step) for step in steps)
+    assert most == per_step, f"{most} writes in one step of the writer, expected {per_step}"
+    # The ticker runs once per Trio batch, before or after the writer: two
+    # steps of the writer apart, it has always run.
+    tick_at = [step[0][1] for step in steps]
+    stalled = [i for i in range(len(tick_at) - 2) if tick_at[i + 2] == tick_at[i]]
+    assert not stalled, f"other tasks waited over writer steps {stalled[:5]}"
 
 
 class SleepWatch(trio.abc.Instrument):

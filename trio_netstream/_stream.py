@@ -76,8 +76,13 @@ READ_SIZE = 64 * 1024
 # The name of a connection's Trio tasks (a constant: Trio would otherwise
 # build one from the function's name for every task).
 _TASK_NAME = "trio_netstream connection"
-#: Queued chunks are joined into sends of at most this size.
-COALESCE_LIMIT = 256 * 1024
+#: The most one step of the writer task sends before other tasks run:
+#: queued chunks are joined into sends of at most this size, and writes made
+#: by 'drain' listeners share a step up to this many bytes (a single larger
+#: write goes whole) ...
+STEP_BYTES = 256 * 1024
+#: ... and up to this many writes.
+STEP_WRITES = 4
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 DataListener = Callable[[bytes], object] | Callable[[str], object]
@@ -127,6 +132,9 @@ class _Conn:
     writer_done: trio.Event | None = None
     writer_running: bool = False
     writer_finished: bool = False
+    # 'drain's emitted, and bytes_written, since the writer last yielded.
+    step_writes: int = 0
+    step_start: int = 0
     closed_event: trio.Event | None = None
     closed: bool = False
 
@@ -889,12 +897,17 @@ class Stream(EventEmitter):
             conn.finish_writer()
 
     async def _emit_drain(self, conn: _Conn) -> None:
-        """The writer's ``'drain'``, then a checkpoint: a listener that writes
-        again owes another ``'drain'`` at once when the kernel takes the
-        bytes, and other tasks must run between the writes."""
+        """The writer's ``'drain'``. A listener that writes again owes another
+        ``'drain'`` at once when the kernel takes the bytes: such writes share
+        a step up to ``STEP_WRITES`` of them or ``STEP_BYTES``, then the
+        writer yields so that other tasks run."""
         conn.need_drain = False
         await self._emit("drain")
-        await trio.lowlevel.checkpoint()
+        conn.step_writes += 1
+        if conn.step_writes >= STEP_WRITES or self._bytes_written - conn.step_start >= STEP_BYTES:
+            conn.step_writes = 0
+            conn.step_start = self._bytes_written
+            await trio.lowlevel.checkpoint()
 
     @staticmethod
     def _take(conn: _Conn) -> bytes | memoryview:
@@ -905,7 +918,7 @@ class Stream(EventEmitter):
         size = 0
         count = 0
         for chunk in queue:
-            if count and size + len(chunk) > COALESCE_LIMIT:
+            if count and size + len(chunk) > STEP_BYTES:
                 break
             size += len(chunk)
             count += 1
