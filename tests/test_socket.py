@@ -635,6 +635,90 @@ async def test_connect_refused_emits_error_then_close(tcp: Transport, record: An
         assert stream.socket is None
 
 
+async def test_a_handshake_still_in_flight_is_waited_for(tcp: Transport, record: Any) -> None:
+    """A listener whose accept queue is full drops the SYN, so the handshake
+    is still going when connect() asks again (EALREADY): the stream waits for
+    it, then connects and carries data; a stream given up meanwhile closes
+    cleanly."""
+    with socket.socket(tcp.family, socket.SOCK_STREAM) as listener:
+        listener.bind((tcp.host, 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.socket(tcp.family, socket.SOCK_STREAM) as first:
+            first.connect((tcp.host, port))  # fills the queue (backlog 0)
+            given_up = net.create_connection(port, tcp.host)
+            given_up_rec = record(given_up)
+            stream = net.create_connection(port, tcp.host)
+            rec = record(stream)
+            connected = trio.Event()
+            stream.on("connect", connected.set)
+            with trio.fail_after(20):
+                async with stream:
+                    async with given_up:
+                        await trio.sleep(0.3)
+                        assert stream.ready_state == "opening"
+                        given_up.destroy()
+                    assert given_up_rec.events == [("close", False)]
+                    assert rec.events == []
+                    accepted, _ = listener.accept()  # room again: the next SYN gets through
+                    accepted.close()
+                    await connected.wait()  # the SYN is sent again after about 1 s
+                    assert rec.events == ["connect"]
+                    conn, _ = listener.accept()
+                    with conn:
+                        conn.settimeout(10)
+                        stream.write(b"late but whole")
+                        stream.end()
+                        await trio.sleep(0.1)
+                        assert conn.recv(100) == b"late but whole"
+    assert rec.events == ["connect", "end", ("close", False)]
+
+
+async def test_connect_still_in_flight_reports_its_failure() -> None:
+    """The failure a handshake ends with reaches the caller, whether the second
+    ask answers it at once or after the wait (``SO_ERROR``)."""
+    from trio_netstream import _socket
+
+    class Scripted:
+        """A real socket (always writable) whose connect answers are scripted."""
+
+        def __init__(self, answers: list[int], so_error: int) -> None:
+            self.real, self.other = socket.socketpair()
+            self.answers = answers
+            self.so_error = so_error
+
+        def connect_ex(self, address: Any) -> int:
+            return self.answers.pop(0)
+
+        def fileno(self) -> int:
+            return self.real.fileno()
+
+        def getsockopt(self, level: int, option: int) -> int:
+            assert (level, option) == (socket.SOL_SOCKET, socket.SO_ERROR)
+            return self.so_error
+
+    cases = [
+        ([errno.EINPROGRESS, 0], 0, None),
+        ([errno.EINPROGRESS, errno.EALREADY], 0, None),
+        ([errno.EINPROGRESS, errno.ECONNREFUSED], 0, errno.ECONNREFUSED),
+        ([errno.EINPROGRESS, errno.EALREADY], errno.ETIMEDOUT, errno.ETIMEDOUT),
+        ([errno.ENETUNREACH], 0, errno.ENETUNREACH),
+    ]
+    for answers, so_error, expected in cases:
+        sock = Scripted(list(answers), so_error)
+        try:
+            if expected is None:
+                await _socket.connect(sock, ("192.0.2.1", 1))  # type: ignore[arg-type]
+            else:
+                with pytest.raises(OSError) as info:
+                    await _socket.connect(sock, ("192.0.2.1", 1))  # type: ignore[arg-type]
+                assert info.value.errno == expected
+            assert sock.answers == []
+        finally:
+            sock.real.close()
+            sock.other.close()
+
+
 async def test_connect_refused_without_error_listener_raises_from_block(
     tcp: Transport, record: Any
 ) -> None:
