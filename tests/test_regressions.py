@@ -381,3 +381,62 @@ async def test_no_drain_after_end_called_while_an_async_listener_ran() -> None:
             await trio.sleep(0.2)
             await right.send_eof()
     assert events == [("write", False), "end()"]
+
+
+class _UpgradeAsTheReaderWakes(trio.abc.Instrument):
+    """Calls ``set_secure()`` (as another task would) in the narrow moment
+    after the reader was woken by readable bytes and before it runs on."""
+
+    def __init__(self, stream: net.Stream, context: ssl.SSLContext) -> None:
+        self.stream = stream
+        self.context = context
+        self.fired = False
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        conn = self.stream._conn  # pyright: ignore[reportPrivateUsage]  # the race is internal
+        if self.fired or conn is None or not conn.in_receive or conn.transport is None:
+            return
+        plain = conn.transport.plain  # type: ignore[attr-defined]  # a SocketTransport
+        try:
+            waiting = plain.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        if waiting:
+            self.fired = True
+            self.stream.set_secure(self.context, server_side=True)
+
+
+async def test_bytes_read_after_set_secure_go_to_tls_even_if_the_reader_was_already_woken() -> None:
+    """set_secure() from another task just after the reader was woken by the
+    peer's ClientHello: the reader read it anyway, and delivered it as
+    plaintext 'data'; the handshake then waited for it until the timeout."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    events: list[Any] = []
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    stream = net.create_connection(listeners[0].socket.getsockname()[1])
+    stream.on("data", lambda chunk: events.append(("data", chunk)))
+    stream.on("secure", lambda: events.append("secure"))
+    stream.on("error", lambda exc: events.append(("error", exc)))
+    upgrade = _UpgradeAsTheReaderWakes(stream, server_ctx)
+    with trio.fail_after(10):
+        async with stream:
+            peer = await listeners[0].accept()
+            tls = trio.SSLStream(peer, client_ctx, server_hostname="localhost")
+            await trio.testing.wait_all_tasks_blocked()  # the reader waits in epoll
+            trio.lowlevel.add_instrument(upgrade)
+            try:
+                await tls.do_handshake()  # its ClientHello wakes the reader
+            finally:
+                trio.lowlevel.remove_instrument(upgrade)
+            await tls.send_all(b"secret")
+            while not any(event == ("data", b"secret") for event in events):
+                await trio.testing.wait_all_tasks_blocked()
+            stream.destroy()
+        await tls.aclose()
+        await listeners[0].aclose()
+    assert upgrade.fired
+    assert events == ["secure", ("data", b"secret")]

@@ -149,6 +149,9 @@ class SocketTransport(trio.abc.HalfCloseableStream):
             data = await self._spin(sock, size)
         while data is None:
             await trio.lowlevel.wait_readable(sock)
+            # Woken, but cancelled before running on (set_secure() from
+            # another task): read nothing, as a cancelled receive must.
+            await trio.lowlevel.checkpoint_if_cancelled()
             data = _recv_now(sock, size)
         self._bulk = len(data) >= BULK_READ
         return data
