@@ -440,3 +440,56 @@ async def test_bytes_read_after_set_secure_go_to_tls_even_if_the_reader_was_alre
         await listeners[0].aclose()
     assert upgrade.fired
     assert events == ["secure", ("data", b"secret")]
+
+
+@pytest.mark.parametrize("written_after", [False, True], ids=["nothing_after", "bytes_after"])
+async def test_drain_waits_for_the_plaintext_queued_before_set_secure(written_after: bool) -> None:
+    """set_secure() while the writer was in the middle of a large send: the
+    'drain' came as that send ended, with the plaintext queued behind it
+    still unsent. It comes once every byte written before it has gone out:
+    before 'secure' when nothing was written after set_secure(), after the
+    handshake (which the later bytes wait for) otherwise."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    big, tail = b"p" * (8 << 20), b"PLAIN-TAIL"
+    events: list[Any] = []
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    stream = net.create_connection(listeners[0].socket.getsockname()[1])
+    stream.on("drain", lambda: events.append(("drain", stream.write_queue_size)))
+    stream.on("secure", lambda: events.append("secure"))
+    stream.on("data", lambda chunk: events.append(("data", chunk)))
+    connected = trio.Event()
+    stream.on("connect", connected.set)
+    with trio.fail_after(20):
+        async with stream:
+            peer = await listeners[0].accept()
+            await connected.wait()
+            assert stream.write(big) is False
+            stream.write(tail)
+            await trio.testing.wait_all_tasks_blocked()  # the writer waits in the big send
+            stream.set_secure(client_ctx, server_hostname="localhost")
+            if written_after:
+                stream.write(b"sealed")
+            received = b""
+            while len(received) < len(big) + len(tail):  # not into the ClientHello
+                received += await peer.receive_some(
+                    min(1 << 20, len(big) + len(tail) - len(received))
+                )
+            assert received == big + tail
+            tls = trio.SSLStream(peer, server_ctx, server_side=True)
+            await tls.do_handshake()
+            if written_after:
+                assert await tls.receive_some(100) == b"sealed"
+            await tls.send_all(b"bye")
+            while ("data", b"bye") not in events:
+                await trio.testing.wait_all_tasks_blocked()
+            stream.destroy()
+        await peer.aclose()
+        await listeners[0].aclose()
+    if written_after:
+        assert events == ["secure", ("drain", 0), ("data", b"bye")]
+    else:
+        assert events == [("drain", 0), "secure", ("data", b"bye")]

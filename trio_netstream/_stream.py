@@ -858,6 +858,10 @@ class Stream(EventEmitter):
                         with transport_errors(sending=True):
                             await send_all(chunk)
                         conn.queued -= len(chunk)
+                    if not conn.queued:  # nothing written since: no need to wait for TLS
+                        conn.flushed()
+                        if conn.need_drain:
+                            await self._emit_drain(conn)
                     upgrade.writer_ready.set()
                     await upgrade.done.wait()
                     transport = conn.transport
@@ -873,7 +877,7 @@ class Stream(EventEmitter):
                     conn.queued -= len(data)
                     if self._timeout:
                         self._last_activity = trio.current_time()
-                    if not conn.queue:
+                    if not conn.queued:  # nor plaintext moved aside by set_secure()
                         conn.flushed()
                         if conn.need_drain:
                             await self._emit_drain(conn)
