@@ -916,6 +916,33 @@ async def test_lasting_accept_failure_emits_error_then_close(record: Any) -> Non
 
 
 @bounded
+async def test_an_async_error_listener_of_an_accept_failure_runs_to_its_end_before_close() -> None:
+    """The server closed (cancelling its accept loop) before emitting
+    'error': an async listener was cancelled at its first checkpoint, and
+    'close' could come before it ended."""
+    events: list[str] = []
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+    async def on_error(error: BaseException) -> None:
+        events.append("error")
+        for _ in range(5):
+            await trio.sleep(0.01)
+        events.append("error listener done")
+
+    try:
+        listening.bind(("127.0.0.1", 0))
+        async with net.create_server(echo) as server:
+            server.on("error", on_error)
+            server.on("close", lambda: events.append("close"))
+            await server.listen(sock=listening)
+            listening.shutdown(socket.SHUT_RDWR)  # accept() now fails with EINVAL
+            await server.wait_closed()
+    finally:
+        listening.close()
+    assert events == ["error", "error listener done", "close"]
+
+
+@bounded
 async def test_lasting_accept_failure_without_error_listener_is_raised_from_the_block(
     record: Any,
 ) -> None:

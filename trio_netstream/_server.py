@@ -324,13 +324,14 @@ class Server(EventEmitter):
         fresh: bool,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        failure: BaseException | None = None
         with trio.CancelScope() as scope:
             self._accept_scope = scope
             try:
                 await self._emit("listening")
             finally:
                 task_status.started()
-            while True:
+            while failure is None:
                 try:
                     sock, peer = listener.accept()
                 except BlockingIOError:
@@ -346,18 +347,25 @@ class Server(EventEmitter):
                         logger.warning("accept() failed, retrying: %s", exc)
                         await trio.sleep(_RETRY_DELAY)
                         continue
-                    await self._accept_failed(translate(exc))
-                    return
+                    failure = translate(exc)
+                    continue
                 self._accepted(SocketTransport(sock), peer, fresh)
                 await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
+        if failure is not None:
+            await self._accept_failed(failure)
 
     async def _accept_failed(self, error: BaseException) -> None:
-        """A lasting accept() failure: ``'error'`` (or the block fails), then close."""
-        self.close()
-        if self.listener_count("error"):
-            await self._emit("error", error)
-        else:
+        """A lasting accept() failure: ``'error'`` (or the block fails), then
+        close. Emitted outside the accept loop's scope, which ``close()``
+        cancels: an async listener runs to its end before ``'close'``."""
+        if not self.listener_count("error"):
+            self.close()
             self._block.fail(error)
+            return
+        try:
+            await self._emit("error", error)
+        finally:
+            self.close()
 
     async def _emit(self, event: str, *args: object) -> None:
         try:
