@@ -699,6 +699,7 @@ async def test_connect_still_in_flight_reports_its_failure() -> None:
 
     cases = [
         ([errno.EINPROGRESS, 0], 0, None),
+        ([errno.EINPROGRESS, errno.EISCONN], 0, None),  # BSD and macOS say it so
         ([errno.EINPROGRESS, errno.EALREADY], 0, None),
         ([errno.EINPROGRESS, errno.ECONNREFUSED], 0, errno.ECONNREFUSED),
         ([errno.EINPROGRESS, errno.EALREADY], errno.ETIMEDOUT, errno.ETIMEDOUT),

@@ -943,6 +943,69 @@ async def test_an_async_error_listener_of_an_accept_failure_runs_to_its_end_befo
 
 
 @bounded
+async def test_an_async_error_listener_of_an_accept_failure_ends_with_the_block() -> None:
+    """The listener ran in no scope the block's shutdown cancels: a failing
+    body waited for it to end."""
+    events: list[str] = []
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    started = trio.Event()
+
+    async def on_error(error: BaseException) -> None:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            events.append("error listener cancelled")
+            raise
+
+    try:
+        listening.bind(("127.0.0.1", 0))
+        with pytest.raises(RuntimeError, match="body failed"), trio.move_on_after(5) as hang:
+            async with net.create_server(echo) as server:
+                server.on("error", on_error)
+                server.on("close", lambda: events.append("close"))
+                await server.listen(sock=listening)
+                listening.shutdown(socket.SHUT_RDWR)  # accept() now fails with EINVAL
+                await started.wait()
+                raise RuntimeError("body failed")
+    finally:
+        listening.close()
+    assert not hang.cancel_called, "the block waited for the 'error' listener"
+    assert sorted(events) == ["close", "error listener cancelled"]
+
+
+@bounded
+async def test_an_error_listener_that_listens_anew_keeps_the_server_listening() -> None:
+    """The server closed after the listener returned, shutting down the
+    socket the listener had just opened."""
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    relistened = trio.Event()
+
+    async def on_error(error: BaseException) -> None:
+        server.close()
+        await server.wait_closed()
+        await server.listen(0, "127.0.0.1")
+        relistened.set()
+
+    try:
+        listening.bind(("127.0.0.1", 0))
+        async with net.create_server(lambda stream: stream.end(b"hi")) as server:
+            server.on("error", on_error)
+            await server.listen(sock=listening)
+            listening.shutdown(socket.SHUT_RDWR)  # accept() now fails with EINVAL
+            await relistened.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.listening
+            address = server.address()
+            assert isinstance(address, tuple)
+            async with await trio.open_tcp_stream("127.0.0.1", address[1]) as client:
+                assert await client.receive_some(10) == b"hi"
+            server.close()
+    finally:
+        listening.close()
+
+
+@bounded
 async def test_lasting_accept_failure_without_error_listener_is_raised_from_the_block(
     record: Any,
 ) -> None:

@@ -356,16 +356,25 @@ class Server(EventEmitter):
 
     async def _accept_failed(self, error: BaseException) -> None:
         """A lasting accept() failure: ``'error'`` (or the block fails), then
-        close. Emitted outside the accept loop's scope, which ``close()``
-        cancels: an async listener runs to its end before ``'close'``."""
+        close. An async listener runs outside the accept loop's scope (which
+        ``close()`` cancels) and ends with the block, as async
+        ``'connection'`` listeners do; the server closes once it returned,
+        unless it closed the server (or listened anew) itself."""
         if not self.listener_count("error"):
             self.close()
             self._block.fail(error)
             return
-        try:
-            await self._emit("error", error)
-        finally:
-            self.close()
+        failed = self._socket
+        with trio.CancelScope() as scope:
+            self._handler_scopes.add(scope)
+            if self._block.shutting_down:
+                scope.cancel()
+            try:
+                await self._emit("error", error)
+            finally:
+                self._handler_scopes.discard(scope)
+                if self._socket is failed:
+                    self.close()
 
     async def _emit(self, event: str, *args: object) -> None:
         try:

@@ -50,9 +50,12 @@ async def connect(sock: _stdlib_socket.socket, address: Any) -> None:
     await trio.lowlevel.checkpoint_if_cancelled()
     code = sock.connect_ex(address)
     if code == errno.EINPROGRESS:
-        # Asking again answers 0 (connected), the failure, or EALREADY.
+        # Asking again answers 0 (connected; EISCONN outside Linux), the
+        # failure, or EALREADY.
         code = sock.connect_ex(address)
-        if code in (errno.EALREADY, errno.EINPROGRESS):
+        if code == errno.EISCONN:
+            code = 0
+        elif code in (errno.EALREADY, errno.EINPROGRESS):
             await trio.lowlevel.wait_writable(sock)
             code = sock.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ERROR)
             if code != 0:

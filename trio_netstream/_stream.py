@@ -76,12 +76,11 @@ READ_SIZE = 64 * 1024
 # The name of a connection's Trio tasks (a constant: Trio would otherwise
 # build one from the function's name for every task).
 _TASK_NAME = "trio_netstream connection"
-#: The most one step of the writer task sends before other tasks run:
-#: queued chunks are joined into sends of at most this size, and writes made
-#: by 'drain' listeners share a step up to this many bytes (a single larger
-#: write goes whole) ...
+#: What one step of the writer task sends before other tasks run: queued
+#: chunks are joined into sends of at most this size, and writes made by
+#: 'drain' listeners share a step until they reach this many bytes ...
 STEP_BYTES = 256 * 1024
-#: ... and up to this many writes.
+#: ... or this many writes.
 STEP_WRITES = 4
 
 _F = TypeVar("_F", bound=Callable[..., Any])
