@@ -23,7 +23,7 @@ import os
 import resource
 import socket
 import ssl
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -892,20 +892,31 @@ async def test_bind_to_an_address_not_on_this_host_raises_and_can_retry(
 # === Server: failures and unusual listeners ============================================
 
 
-@bounded
-async def test_lasting_accept_failure_emits_error_then_close(record: Any) -> None:
-    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
+@pytest.fixture
+def bound() -> Iterator[socket.socket]:
+    """A bound IPv4 socket, not yet listening, for ``listen(sock=...)``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listening:
         listening.bind(("127.0.0.1", 0))
-        async with net.create_server(echo) as server:
-            rec = record(server, events=SERVER_EVENTS)
-            await server.listen(sock=listening)
-            listening.shutdown(socket.SHUT_RDWR)  # accept() now fails with EINVAL
-            await server.wait_closed()
-            assert not server.listening
-            assert server.address() is None
-    finally:
-        listening.close()
+        yield listening
+
+
+async def listen_then_break_accept(server: net.Server, listening: socket.socket) -> None:
+    """Listen on *listening*, then shut it down: every accept() now fails
+    with EINVAL, a lasting failure."""
+    await server.listen(sock=listening)
+    listening.shutdown(socket.SHUT_RDWR)
+
+
+@bounded
+async def test_lasting_accept_failure_emits_error_then_close(
+    record: Any, bound: socket.socket
+) -> None:
+    async with net.create_server(echo) as server:
+        rec = record(server, events=SERVER_EVENTS)
+        await listen_then_break_accept(server, bound)
+        await server.wait_closed()
+        assert not server.listening
+        assert server.address() is None
     assert len(rec.events) == 3
     assert rec.events[0] == "listening"
     assert rec.events[2] == "close"
@@ -916,12 +927,13 @@ async def test_lasting_accept_failure_emits_error_then_close(record: Any) -> Non
 
 
 @bounded
-async def test_an_async_error_listener_of_an_accept_failure_runs_to_its_end_before_close() -> None:
+async def test_an_async_error_listener_of_an_accept_failure_runs_to_its_end_before_close(
+    bound: socket.socket,
+) -> None:
     """The server closed (cancelling its accept loop) before emitting
     'error': an async listener was cancelled at its first checkpoint, and
     'close' could come before it ended."""
     events: list[str] = []
-    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
     async def on_error(error: BaseException) -> None:
         events.append("error")
@@ -929,25 +941,21 @@ async def test_an_async_error_listener_of_an_accept_failure_runs_to_its_end_befo
             await trio.sleep(0.01)
         events.append("error listener done")
 
-    try:
-        listening.bind(("127.0.0.1", 0))
-        async with net.create_server(echo) as server:
-            server.on("error", on_error)
-            server.on("close", lambda: events.append("close"))
-            await server.listen(sock=listening)
-            listening.shutdown(socket.SHUT_RDWR)  # accept() now fails with EINVAL
-            await server.wait_closed()
-    finally:
-        listening.close()
+    async with net.create_server(echo) as server:
+        server.on("error", on_error)
+        server.on("close", lambda: events.append("close"))
+        await listen_then_break_accept(server, bound)
+        await server.wait_closed()
     assert events == ["error", "error listener done", "close"]
 
 
 @bounded
-async def test_an_async_error_listener_of_an_accept_failure_ends_with_the_block() -> None:
+async def test_an_async_error_listener_of_an_accept_failure_ends_with_the_block(
+    bound: socket.socket,
+) -> None:
     """The listener ran in no scope the block's shutdown cancels: a failing
     body waited for it to end."""
     events: list[str] = []
-    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     started = trio.Event()
 
     async def on_error(error: BaseException) -> None:
@@ -958,27 +966,23 @@ async def test_an_async_error_listener_of_an_accept_failure_ends_with_the_block(
             events.append("error listener cancelled")
             raise
 
-    try:
-        listening.bind(("127.0.0.1", 0))
-        with pytest.raises(RuntimeError, match="body failed"), trio.move_on_after(5) as hang:
-            async with net.create_server(echo) as server:
-                server.on("error", on_error)
-                server.on("close", lambda: events.append("close"))
-                await server.listen(sock=listening)
-                listening.shutdown(socket.SHUT_RDWR)  # accept() now fails with EINVAL
-                await started.wait()
-                raise RuntimeError("body failed")
-    finally:
-        listening.close()
+    with pytest.raises(RuntimeError, match="body failed"), trio.move_on_after(5) as hang:
+        async with net.create_server(echo) as server:
+            server.on("error", on_error)
+            server.on("close", lambda: events.append("close"))
+            await listen_then_break_accept(server, bound)
+            await started.wait()
+            raise RuntimeError("body failed")
     assert not hang.cancel_called, "the block waited for the 'error' listener"
     assert sorted(events) == ["close", "error listener cancelled"]
 
 
 @bounded
-async def test_an_error_listener_that_listens_anew_keeps_the_server_listening() -> None:
+async def test_an_error_listener_that_listens_anew_keeps_the_server_listening(
+    bound: socket.socket,
+) -> None:
     """The server closed after the listener returned, shutting down the
     socket the listener had just opened."""
-    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     relistened = trio.Event()
 
     async def on_error(error: BaseException) -> None:
@@ -987,39 +991,28 @@ async def test_an_error_listener_that_listens_anew_keeps_the_server_listening() 
         await server.listen(0, "127.0.0.1")
         relistened.set()
 
-    try:
-        listening.bind(("127.0.0.1", 0))
-        async with net.create_server(lambda stream: stream.end(b"hi")) as server:
-            server.on("error", on_error)
-            await server.listen(sock=listening)
-            listening.shutdown(socket.SHUT_RDWR)  # accept() now fails with EINVAL
-            await relistened.wait()
-            await trio.testing.wait_all_tasks_blocked()
-            assert server.listening
-            address = server.address()
-            assert isinstance(address, tuple)
-            async with await trio.open_tcp_stream("127.0.0.1", address[1]) as client:
-                assert await client.receive_some(10) == b"hi"
-            server.close()
-    finally:
-        listening.close()
+    async with net.create_server(lambda stream: stream.end(b"hi")) as server:
+        server.on("error", on_error)
+        await listen_then_break_accept(server, bound)
+        await relistened.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.listening
+        address = server.address()
+        assert isinstance(address, tuple)
+        async with await trio.open_tcp_stream("127.0.0.1", address[1]) as client:
+            assert await client.receive_some(10) == b"hi"
+        server.close()
 
 
 @bounded
 async def test_lasting_accept_failure_without_error_listener_is_raised_from_the_block(
-    record: Any,
+    record: Any, bound: socket.socket
 ) -> None:
-    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        listening.bind(("127.0.0.1", 0))
-        with pytest.raises(OSError) as info:
-            async with net.create_server(echo) as server:
-                rec = record(server, events=("listening", "close"))
-                await server.listen(sock=listening)
-                listening.shutdown(socket.SHUT_RDWR)
-                await trio.sleep_forever()
-    finally:
-        listening.close()
+    with pytest.raises(OSError) as info:
+        async with net.create_server(echo) as server:
+            rec = record(server, events=("listening", "close"))
+            await listen_then_break_accept(server, bound)
+            await trio.sleep_forever()
     assert type(info.value) is OSError  # unwrapped, not an ExceptionGroup
     assert info.value.code == "EINVAL"
     assert rec.events == ["listening", "close"]
