@@ -493,3 +493,35 @@ async def test_drain_waits_for_the_plaintext_queued_before_set_secure(written_af
         assert events == ["secure", ("drain", 0), ("data", b"bye")]
     else:
         assert events == [("drain", 0), "secure", ("data", b"bye")]
+
+
+async def test_drain_in_an_async_drain_listener_raises_instead_of_hanging() -> None:
+    """An async 'drain' listener that wrote more than went out at once, then
+    awaited drain(): the writer was waiting for that listener, so drain()
+    never returned. It now raises StreamStateError at once; with nothing to
+    wait for, it returns."""
+    results: list[Any] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        stream = net.create_connection(listener.getsockname()[1])
+
+        async def on_drain() -> None:
+            await stream.drain()  # nothing queued, nothing owed: returns
+            results.append("drained at once")
+            stream.write(b"y" * (8 << 20))  # more than the kernel takes now
+            try:
+                await stream.drain()
+            except net.StreamStateError as exc:
+                results.append(exc)
+            stream.destroy()
+
+        stream.once("drain", on_drain)
+        stream.on("connect", lambda: stream.write(b"x" * (1 << 20)))
+        with trio.fail_after(10):
+            async with stream:
+                peer, _ = await trio.to_thread.run_sync(listener.accept)
+        peer.close()
+    assert results[0] == "drained at once"
+    assert isinstance(results[1], net.StreamStateError)
+    assert "async 'drain' listener" in str(results[1])

@@ -131,6 +131,7 @@ class _Conn:
     writer_done: trio.Event | None = None
     writer_running: bool = False
     writer_finished: bool = False
+    writer_task: trio.lowlevel.Task | None = None  # runs the 'drain' listeners it emits
     # 'drain's emitted, and bytes_written, since the writer last yielded.
     step_writes: int = 0
     step_start: int = 0
@@ -842,6 +843,7 @@ class Stream(EventEmitter):
             conn.writer_running = True
 
     async def _write_loop(self, conn: _Conn) -> None:
+        conn.writer_task = trio.lowlevel.current_task()
         transport = conn.transport
         if transport is None:  # started just as the connection closed
             conn.finish_writer()
@@ -1531,7 +1533,9 @@ class Stream(EventEmitter):
 
         Raises:
             OSError: the stream failed before the queue emptied (its error).
-            StreamStateError: the stream was destroyed before the queue emptied.
+            StreamStateError: the stream was destroyed before the queue emptied;
+                or called in an async ``'drain'`` listener when it would have
+                to wait (the writer waits for that listener: it would never return).
         """
         await trio.lowlevel.checkpoint()
         while True:
@@ -1551,6 +1555,11 @@ class Stream(EventEmitter):
                 and not (conn.need_drain and state not in WRITE_ENDED)
             ):
                 return  # flushed, and the 'drain' a False write() promised came first
+            if conn.writer_task is trio.lowlevel.current_task():
+                raise StreamStateError(
+                    "drain() in an async 'drain' listener cannot wait: the writer that"
+                    " would flush the queue is waiting for this listener to return"
+                )
             await conn.wait_flushed()
 
     async def wait_closed(self) -> None:
