@@ -1005,6 +1005,42 @@ async def test_an_error_listener_that_listens_anew_keeps_the_server_listening(
 
 
 @bounded
+async def test_a_server_listening_anew_when_its_block_is_cancelled_still_closes(
+    bound: socket.socket,
+) -> None:
+    """The block had seen the first 'close' and waited for its tasks when it
+    was cancelled: the accept loop of the new socket ended without closing
+    it, and the server still said it was listening."""
+    events: list[str] = []
+    relistened = trio.Event()
+    server = net.create_server(echo)
+
+    async def on_error(error: BaseException) -> None:
+        server.close()
+        await server.wait_closed()
+        await server.listen(0, "127.0.0.1")
+        relistened.set()
+
+    server.on("error", on_error)
+    server.on("close", lambda: events.append("close"))
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as stop:
+
+            async def cancel_when_relistened() -> None:
+                await relistened.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                stop.cancel()  # the block's body has ended: it waits for its tasks
+
+            nursery.start_soon(cancel_when_relistened)
+            async with server:
+                await listen_then_break_accept(server, bound)
+    assert stop.cancelled_caught
+    assert events == ["close", "close"]
+    assert not server.listening
+    assert server.address() is None
+
+
+@bounded
 async def test_lasting_accept_failure_without_error_listener_is_raised_from_the_block(
     record: Any, bound: socket.socket
 ) -> None:

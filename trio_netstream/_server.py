@@ -325,32 +325,39 @@ class Server(EventEmitter):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         failure: BaseException | None = None
-        with trio.CancelScope() as scope:
-            self._accept_scope = scope
-            try:
-                await self._emit("listening")
-            finally:
-                task_status.started()
-            while failure is None:
+        mine = self._socket
+        try:
+            with trio.CancelScope() as scope:
+                self._accept_scope = scope
                 try:
-                    sock, peer = listener.accept()
-                except BlockingIOError:
+                    await self._emit("listening")
+                finally:
+                    task_status.started()
+                while failure is None:
                     try:
-                        await trio.lowlevel.wait_readable(listener)
-                    except trio.ClosedResourceError:
-                        return  # close() closed the socket under us
-                    continue
-                except OSError as exc:
-                    if exc.errno == errno.EBADF:
-                        return  # closed under us
-                    if exc.errno in _RETRY_ACCEPT:
-                        logger.warning("accept() failed, retrying: %s", exc)
-                        await trio.sleep(_RETRY_DELAY)
+                        sock, peer = listener.accept()
+                    except BlockingIOError:
+                        try:
+                            await trio.lowlevel.wait_readable(listener)
+                        except trio.ClosedResourceError:
+                            return  # close() closed the socket under us
                         continue
-                    failure = translate(exc)
-                    continue
-                self._accepted(SocketTransport(sock), peer, fresh)
-                await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
+                    except OSError as exc:
+                        if exc.errno == errno.EBADF:
+                            return  # closed under us
+                        if exc.errno in _RETRY_ACCEPT:
+                            logger.warning("accept() failed, retrying: %s", exc)
+                            await trio.sleep(_RETRY_DELAY)
+                            continue
+                        failure = translate(exc)
+                        continue
+                    self._accepted(SocketTransport(sock), peer, fresh)
+                    await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
+        finally:
+            if failure is None and self._socket is mine and not self._closing:
+                # Ended from outside (the block was cancelled or failed) with
+                # this socket still open, e.g. listened anew by a listener.
+                self.close()
         if failure is not None:
             await self._accept_failed(failure)
 
