@@ -333,7 +333,7 @@ class Server(EventEmitter):
                     await self._emit("listening")
                 finally:
                     task_status.started()
-                while failure is None:
+                while True:
                     try:
                         sock, peer = listener.accept()
                     except BlockingIOError:
@@ -350,28 +350,27 @@ class Server(EventEmitter):
                             await trio.sleep(_RETRY_DELAY)
                             continue
                         failure = translate(exc)
-                        continue
+                        break  # out of the scope close() cancels
                     self._accepted(SocketTransport(sock), peer, fresh)
                     await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
+            if failure is not None:
+                await self._accept_failed(failure)
         finally:
-            if failure is None and self._socket is mine and not self._closing:
-                # Ended from outside (the block was cancelled or failed) with
-                # this socket still open, e.g. listened anew by a listener.
+            # Whatever ended the loop (close(), a lasting failure, the block
+            # cancelled or failed), the server closes: unless it did already,
+            # or a listener listened anew on another socket.
+            if self._socket is mine and not self._closing:
                 self.close()
-        if failure is not None:
-            await self._accept_failed(failure)
 
     async def _accept_failed(self, error: BaseException) -> None:
-        """A lasting accept() failure: ``'error'`` (or the block fails), then
-        close. An async listener runs outside the accept loop's scope (which
-        ``close()`` cancels) and ends with the block, as async
-        ``'connection'`` listeners do; the server closes once it returned,
-        unless it closed the server (or listened anew) itself."""
+        """A lasting accept() failure: ``'error'`` (the accept loop closes the
+        server after it), or without a listener, close and fail the block. An
+        async listener ends with the block, as async ``'connection'``
+        listeners do."""
         if not self.listener_count("error"):
             self.close()
             self._block.fail(error)
             return
-        failed = self._socket
         with trio.CancelScope() as scope:
             self._handler_scopes.add(scope)
             if self._block.shutting_down:
@@ -380,8 +379,6 @@ class Server(EventEmitter):
                 await self._emit("error", error)
             finally:
                 self._handler_scopes.discard(scope)
-                if self._socket is failed:
-                    self.close()
 
     async def _emit(self, event: str, *args: object) -> None:
         try:

@@ -58,9 +58,8 @@ async def connect(sock: _stdlib_socket.socket, address: Any) -> None:
         elif code in (errno.EALREADY, errno.EINPROGRESS):
             await trio.lowlevel.wait_writable(sock)
             code = sock.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ERROR)
-            if code != 0:
-                raise OSError(code, f"Error connecting to {address!r}: {os.strerror(code)}")
-            return
+            if code == 0:
+                return  # the wait was the checkpoint
     if code != 0:
         raise OSError(code, f"Error connecting to {address!r}: {os.strerror(code)}")
     await trio.lowlevel.cancel_shielded_checkpoint()
