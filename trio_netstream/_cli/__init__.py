@@ -1,0 +1,45 @@
+"""``python -m trio_netstream`` / ``trio-netstream``: the command line.
+
+Commands:
+
+* ``demo [--tls]``: the seed's echo server and a client on loopback, printing
+  the event transcript of both sides (with ``--tls``: TLS from the first
+  byte, with a throwaway certificate).
+* ``echo``: the seed's echo server, printing a line per connection event;
+  ``--workers N`` runs N processes sharing one port (``SO_REUSEPORT``).
+* ``connect``: a netcat-like client: stdin to the socket, received data to
+  stdout; ``--tls`` or SMTP-style ``--starttls``.
+* ``bench``: the benchmarks (:mod:`trio_netstream._bench`).
+
+Exit codes (the same for every command): 0 success (and SIGTERM), 1 network
+or protocol error, 2 usage error, 3 TLS or certificate error, 130 SIGINT.
+
+The modules, one concern each: ``_main`` (:func:`main`: parse, run one
+command, map failures to exit codes; SIGINT and SIGTERM cancel a running
+command), ``_parser`` (the argparse tree and the checks it cannot express),
+``_output`` (exit codes, printing, one-line descriptions of errors),
+``_certs`` (throwaway certificates, TLS contexts from files), ``_demo``,
+``_echo`` (the echo server), ``_workers`` (``echo --workers N``),
+``_connect`` (the netcat-like client) and ``_starttls`` (its SMTP-style
+STARTTLS dialogue).
+"""
+
+from __future__ import annotations
+
+from ._certs import Certificates as Certificates
+from ._certs import throwaway_certificates as throwaway_certificates
+from ._connect import connect_client as connect_client
+from ._demo import demo as demo
+from ._echo import echo_server as echo_server
+from ._main import main as main
+from ._workers import echo_workers as echo_workers
+
+__all__ = [
+    "Certificates",
+    "connect_client",
+    "demo",
+    "echo_server",
+    "echo_workers",
+    "main",
+    "throwaway_certificates",
+]

@@ -1,0 +1,165 @@
+"""``connect``: a netcat-like client, stdin to the stream and the stream to stdout.
+
+Stdin is read in a worker thread, so it may be a terminal, a pipe or a file;
+with ``--starttls`` it is read only once TLS is up (:class:`StartTLS` runs
+the dialogue before that).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+from typing import Any
+
+import trio
+
+from .. import Stream, StreamStateError
+from .._encoding import Decoder, get_decoder
+from ._output import EXIT_OK, Failure, describe, host_port, silence_stdout, warn
+from ._starttls import StartTLS
+
+
+async def connect_client(
+    *,
+    host: str | None,
+    port: int | None,
+    path: str | None,
+    tls: bool = False,
+    starttls: bool = False,
+    encoding: str | None = None,
+    context: ssl.SSLContext | None = None,
+    verbose: bool = False,
+) -> int:
+    """The ``connect`` command: relay stdin to the stream and the stream to stdout.
+
+    Stdin's end calls ``end()`` (a half-close: the answer is still read);
+    returns once the stream has closed: 0, or the exit code of its error.
+    The stream does not stay half-open (``allow_half_open=False``): when the
+    server ends, the client ends too.
+    """
+    options: dict[str, Any] = {"allow_half_open": False}
+    if tls:
+        options["ssl"] = context if context is not None else True
+    stream = Stream(**options)
+    if path is not None:
+        target = path
+        stream.connect(path)
+    else:
+        assert host is not None and port is not None
+        target = host_port(host, port)
+        stream.connect(port, host)
+    decoder = None if encoding is None else get_decoder(encoding)
+    relay = _Relay(stream, target, context, decoder, verbose=verbose)
+    if starttls:
+        relay.negotiation = StartTLS(
+            stream, context or ssl.create_default_context(), host, relay.note
+        )
+    else:
+        relay.starting.set()
+    relay.listen()
+    return await relay.run()
+
+
+class _Relay:
+    """The stream's events printed and its data written to stdout; stdin
+    written to the stream once it may be (at once, or after STARTTLS)."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        target: str,
+        context: ssl.SSLContext | None,
+        decoder: Decoder | None,
+        *,
+        verbose: bool,
+    ) -> None:
+        self.stream = stream
+        self.target = target
+        self.context = context
+        self.decoder = decoder
+        self.verbose = verbose
+        self.errors: list[BaseException] = []
+        self.starting = trio.Event()
+        self.negotiation: StartTLS | None = None
+
+    def note(self, text: str) -> None:
+        if self.verbose:
+            warn(text)
+
+    def emit(self, data: bytes | str) -> bool:
+        """Write to stdout; ``False`` (and the stream destroyed) if stdout is gone."""
+        try:
+            if isinstance(data, bytes):
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            else:
+                sys.stdout.write(data)
+                sys.stdout.flush()
+        except BrokenPipeError:  # `connect ... | head`: stop quietly (exit code 0)
+            silence_stdout()
+            self.stream.destroy()
+            return False
+        return True
+
+    def listen(self) -> None:
+        """Add the stream's listeners (data to stdout, events to :meth:`note`)."""
+        stream, note, decoder = self.stream, self.note, self.decoder
+
+        def on_data(chunk: bytes) -> None:
+            shown = self.emit(chunk if decoder is None else decoder.decode(chunk))
+            negotiation = self.negotiation
+            if shown and negotiation is not None and negotiation.negotiating:
+                negotiation.feed(chunk)
+
+        def on_secure() -> None:
+            insecure = self.context is not None and self.context.verify_mode == ssl.CERT_NONE
+            note("secure: " + ("peer NOT verified (--insecure)" if insecure else "peer verified"))
+            self.starting.set()
+
+        def on_end() -> None:
+            note("end")
+            if decoder is not None:
+                self.emit(decoder.flush())  # what the decoder still holds (a base64 tail...)
+
+        stream.on("connect", lambda: note(f"connected to {self.target}"))
+        stream.on("secure", on_secure)
+        stream.on("data", on_data)
+        stream.on("end", on_end)
+        stream.on("error", self.errors.append)
+        stream.on("close", lambda had_error: note(f"closed (had_error={had_error})"))
+
+    async def pump(self) -> None:
+        """Stdin to the stream, from when it may be written until stdin ends."""
+        await self.starting.wait()
+        while True:
+            chunk = await _read_stdin()
+            try:
+                if not chunk:
+                    self.stream.end()
+                    return
+                if not self.stream.write(chunk):
+                    await self.stream.drain()
+            except (StreamStateError, OSError):
+                return  # the stream closed: its 'close' ends the command
+
+    async def run(self) -> int:
+        """Run the stream until it has closed: 0, or a :class:`Failure`."""
+        async with trio.open_nursery() as nursery:
+            async with self.stream:
+                nursery.start_soon(self.pump)
+            nursery.cancel_scope.cancel()
+        if self.errors:
+            message, code = describe(self.errors[0], self.target)
+            raise Failure(message, code)
+        return EXIT_OK
+
+
+async def _read_stdin() -> bytes:
+    def read() -> bytes:
+        try:
+            return os.read(0, 64 * 1024)
+        except OSError:  # no stdin at all
+            return b""
+
+    return await trio.to_thread.run_sync(read, abandon_on_cancel=True)

@@ -1,0 +1,125 @@
+"""``main()``: parse the command line, run one command, map failures to exit codes.
+
+``echo`` and ``connect`` run their body next to a signal receiver
+(:func:`until_signal`); SIGINT or SIGTERM cancels the body, which destroys
+its streams and server on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import signal
+import ssl
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from ._certs import client_context, server_context
+from ._connect import connect_client
+from ._demo import demo
+from ._echo import echo_server
+from ._output import EXIT_NETWORK, EXIT_OK, EXIT_SIGINT, EXIT_TLS, Failure, warn
+from ._parser import build_parser, check
+from ._workers import echo_workers
+
+
+async def until_signal(body: Callable[[], Awaitable[int]]) -> int:
+    """Run *body* until it returns its exit code, or until SIGINT (130) or
+    SIGTERM (0) cancels it. An exception from *body* is re-raised unwrapped."""
+    codes: list[int] = []
+    failures: list[Exception] = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                try:
+                    codes.append(await body())
+                except Exception as exc:
+                    failures.append(exc)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            async for signum in signals:
+                codes.append(EXIT_SIGINT if signum == signal.SIGINT else EXIT_OK)
+                nursery.cancel_scope.cancel()
+                break
+    if failures:
+        raise failures[0]
+    return codes[0]
+
+
+def _run_echo(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        tls_args: list[str] = []
+        if args.tls_cert is not None:
+            server_context(args.tls_cert, args.tls_key)  # fail here, not in every worker
+            tls_args = ["--tls-cert", args.tls_cert]
+            if args.tls_key is not None:
+                tls_args += ["--tls-key", args.tls_key]
+        return trio.run(
+            until_signal,
+            lambda: echo_workers(
+                workers=args.workers, port=args.port, host=args.host, tls_args=tls_args
+            ),
+        )
+    context = None if args.tls_cert is None else server_context(args.tls_cert, args.tls_key)
+    return trio.run(
+        until_signal,
+        lambda: echo_server(
+            port=args.port,
+            host=args.host,
+            path=args.unix,
+            context=context,
+            reuse_port=args.reuse_port,
+        ),
+    )
+
+
+def _run_connect(args: argparse.Namespace) -> int:
+    context = None
+    if args.tls or args.starttls:
+        context = client_context(args.ca_file, args.insecure)
+    return trio.run(
+        until_signal,
+        lambda: connect_client(
+            host=args.host,
+            port=args.port,
+            path=args.unix,
+            tls=args.tls,
+            starttls=args.starttls,
+            encoding=args.encoding,
+            context=context,
+            verbose=args.verbose,
+        ),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the package docstring)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["bench"]:
+        from .._bench import main as bench_main
+
+        return bench_main(words[1:])
+    args = build_parser().parse_args(words)
+    check(args)
+    try:
+        if args.command == "demo":
+            trio.run(functools.partial(demo, args.port, args.host, tls=args.tls))
+            return EXIT_OK
+        if args.command == "echo":
+            return _run_echo(args)
+        return _run_connect(args)
+    except Failure as failure:
+        warn(failure.message)
+        return failure.exit_code
+    except ssl.SSLError as exc:
+        warn(str(exc))
+        return EXIT_TLS
+    except OSError as exc:
+        warn(str(exc))
+        return EXIT_NETWORK
+    except KeyboardInterrupt:
+        return EXIT_SIGINT

@@ -1,0 +1,200 @@
+"""The argument parser: the commands, their options and help, and the checks
+argparse cannot express. A usage error exits with code 2 (argparse's own)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from .._encoding import normalize
+from ._output import PROG
+
+EXIT_CODES = """\
+exit codes:
+  0    success (also after SIGTERM)
+  1    network or protocol error (connection refused, reset, name not found...)
+  2    usage error (bad arguments)
+  3    TLS or certificate error (handshake failed, certificate not verified,
+       certificate or key file not loadable)
+  130  interrupted (SIGINT, Ctrl-C)"""
+
+_ECHO_DESCRIPTION = """\
+The seed's echo server: on connect it writes "hello\\r\\n", then echoes every
+byte it receives; when the client ends, it writes "goodbye\\r\\n" and ends too.
+
+It prints "listening on HOST:PORT (pid N)" once listening, then one line per
+connection event: "[pid N] #K connection from HOST:PORT", "connect",
+"secure", "data b'...'", "end", "error ...", "close(False)". SIGINT or
+SIGTERM stops it (connections are destroyed; exit code 130 or 0).
+
+--workers N starts N "echo --reuse-port" processes on one port (chosen first
+when --port is 0); the first line is then "listening on HOST:PORT (pid N,
+workers W1, W2...)", followed by the workers' lines. If a worker dies, the
+others are stopped and the command exits with code 1."""
+
+_CONNECT_DESCRIPTION = """\
+A netcat-like client: stdin goes to the socket, received data to stdout.
+The end of stdin ends the writable side (a half-close: the answer is still
+read); the command exits when the connection has closed. When the server
+ends, the client ends too.
+
+--tls      TLS from the first byte; the server's name is HOST.
+--starttls SMTP-style STARTTLS (RFC 3207), then the relay: wait for the
+           220 greeting, send "EHLO [<local address>]", wait for 250, send
+           "STARTTLS", wait for 220, run the TLS handshake; stdin is read only
+           once TLS is up (send EHLO again first, as SMTP requires). The
+           plaintext replies are printed too. Any other reply, or plaintext
+           after the final 220, aborts with exit code 1.
+
+Certificates are verified against the system's CAs, or --ca-file; the
+server's name must match (not for --unix)."""
+
+
+def _port(allow_zero: bool) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+        low = 0 if allow_zero else 1
+        if not low <= value <= 65535:
+            raise argparse.ArgumentTypeError(f"port must be in {low}..65535, not {value}")
+        return value
+
+    return parse
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _encoding(text: str) -> str:
+    try:
+        return normalize(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``trio-netstream`` parser (``bench`` is only named here: ``main`` hands it over)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Node.js net streams on Trio.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_demo = commands.add_parser(
+        "demo",
+        help="echo server and client on loopback, printing the event transcript",
+        description="The seed's echo server and a client on loopback,\n"
+        "printing the event transcript of both sides.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _demo_options(run_demo)
+    echo = commands.add_parser(
+        "echo",
+        help="the seed's echo server, printing every connection event",
+        description=_ECHO_DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _echo_options(echo)
+    connect = commands.add_parser(
+        "connect",
+        help="netcat-like client: stdin to the socket, received data to stdout",
+        description=_CONNECT_DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s (HOST PORT | --unix PATH) [options]",
+    )
+    _connect_options(connect)
+    for subparser in (run_demo, echo, connect):
+        subparser.set_defaults(subparser=subparser)
+    commands.add_parser(
+        "bench",
+        help="benchmarks against raw trio, asyncio and Node.js (bench --help for options)",
+        add_help=False,
+    )
+    return parser
+
+
+def _demo_options(run_demo: argparse.ArgumentParser) -> None:
+    run_demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    run_demo.add_argument(
+        "--port", type=_port(True), default=0, help="port (default 0: any free port)"
+    )
+    run_demo.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS from the first byte, with a throwaway certificate ('secure' events)",
+    )
+
+
+def _echo_options(echo: argparse.ArgumentParser) -> None:
+    echo.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    echo.add_argument(
+        "--port", type=_port(True), default=7000, help="TCP port (default: 7000; 0: any free port)"
+    )
+    echo.add_argument("--unix", metavar="PATH", help="listen on a UNIX socket instead of TCP")
+    echo.add_argument("--tls-cert", metavar="FILE", help="serve TLS: certificate chain (PEM)")
+    echo.add_argument("--tls-key", metavar="FILE", help="private key (PEM; default: in --tls-cert)")
+    echo.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="N processes sharing the TCP port (SO_REUSEPORT; default 1)",
+    )
+    echo.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="set SO_REUSEPORT, to share the port with other processes",
+    )
+
+
+def _connect_options(connect: argparse.ArgumentParser) -> None:
+    connect.add_argument("host", nargs="?", metavar="HOST", help="host name or address")
+    connect.add_argument("port", nargs="?", type=_port(False), metavar="PORT", help="TCP port")
+    connect.add_argument("--unix", metavar="PATH", help="connect to a UNIX socket")
+    mode = connect.add_mutually_exclusive_group()
+    mode.add_argument("--tls", action="store_true", help="TLS from the first byte")
+    mode.add_argument("--starttls", action="store_true", help="SMTP-style STARTTLS (see above)")
+    trust = connect.add_mutually_exclusive_group()
+    trust.add_argument("--ca-file", metavar="FILE", help="trust the CA certificates in FILE (PEM)")
+    trust.add_argument(
+        "--insecure", action="store_true", help="do not verify the server's certificate"
+    )
+    connect.add_argument(
+        "--encoding",
+        type=_encoding,
+        metavar="E",
+        help="decode received data for output (utf8, latin1, hex, base64...); "
+        "default: raw bytes. stdin is always sent as raw bytes",
+    )
+    connect.add_argument("-v", "--verbose", action="store_true", help="report progress on stderr")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Checks argparse cannot express (they exit with code 2)."""
+    parser: argparse.ArgumentParser = args.subparser
+    if args.command == "echo":
+        if args.tls_key is not None and args.tls_cert is None:
+            parser.error("--tls-key needs --tls-cert")
+        if args.unix is not None and args.workers > 1:
+            parser.error("--workers needs TCP (SO_REUSEPORT), not --unix")
+    elif args.command == "connect":
+        if args.unix is not None:
+            if args.host is not None:
+                parser.error("give either HOST PORT or --unix PATH, not both")
+        elif args.host is None or args.port is None:
+            parser.error("give HOST PORT, or --unix PATH")
+        if (args.ca_file is not None or args.insecure) and not (args.tls or args.starttls):
+            parser.error("--ca-file and --insecure need --tls or --starttls")
