@@ -1,4 +1,4 @@
-// The Node.js peer of trio_netstream's benchmark suite (trio_netstream/_bench.py).
+// The Node.js peer of trio_netstream's benchmark suite (benchmarks/bench.py).
 //
 //   node node_peer.js server|client '<json config>'
 //
@@ -7,7 +7,7 @@
 // benchmark's n connections); a client prints "RESULT <json>", or
 // "CONNECTED <n>" for the idle benchmark and then holds its connections
 // until its stdin is closed. A client reads the server's port as the first
-// line of its stdin. See the module docstring of _bench.py for what
+// line of its stdin. See the module docstring of bench.py for what
 // each benchmark does; this file does the same with Node's `net` and `tls`.
 'use strict';
 

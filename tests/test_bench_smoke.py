@@ -1,8 +1,9 @@
-"""The benchmark harness (trio_netstream._bench) in smoke mode, so it cannot rot.
+"""The benchmark harness (benchmarks/bench.py) in smoke mode, so it cannot rot.
 
-It asserts that a ``--quick`` run produced a figure for every benchmark and
-every implementation available here, and wrote its report. It never asserts
-anything about the figures' size: timings are not tested.
+It runs the harness the way a developer does, ``python benchmarks/bench.py
+--quick``, and asserts that the run produced a figure for every benchmark
+and every implementation available here, and wrote its report. It never
+asserts anything about the figures' size: timings are not tested.
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import runpy
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from trio_netstream import _bench
-
-NODE_PEER = Path(_bench.__file__).resolve().parents[1] / "benchmarks" / "node_peer.js"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = BENCHMARKS / "bench.py"
+NODE_PEER = BENCHMARKS / "node_peer.js"
+#: What the harness measures (PEERS, TARGETS...): plain data, read from its file.
+SPEC = runpy.run_path(str(BENCHMARKS / "bench_spec.py"))
 
 
 def _available_peers() -> list[str]:
@@ -35,18 +41,35 @@ def _expected_rows() -> list[str]:
     return rows
 
 
-def _run(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+def _bench(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/bench.py ARGS``, from another directory. The harness
+    is not library code: it runs outside ``pytest --cov``'s measurement."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def _run(
+    tmp_path: Path, *args: str
+) -> tuple[int, dict[str, Any], str, subprocess.CompletedProcess[str]]:
     out = tmp_path / "docs"
     results = tmp_path / "results.json"
-    status = _bench.main(["--quick", "--output-dir", str(out), "--json", str(results), *args])
+    finished = _bench(tmp_path, "--quick", "--output-dir", str(out), "--json", str(results), *args)
+    assert (out / "performance.md").is_file(), finished.stderr
     report = (out / "performance.md").read_text(encoding="utf-8")
-    return status, json.loads(results.read_text(encoding="utf-8")), report
+    data = json.loads(results.read_text(encoding="utf-8"))
+    return finished.returncode, data, report, finished
 
 
-def test_quick_run_measures_every_benchmark_for_every_available_peer(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    status, data, report = _run(tmp_path)
+def test_quick_run_measures_every_benchmark_for_every_available_peer(tmp_path: Path) -> None:
+    status, data, report, finished = _run(tmp_path)
 
     peers = _available_peers()
     rows = _expected_rows()
@@ -80,13 +103,13 @@ def test_quick_run_measures_every_benchmark_for_every_available_peer(
     # The report: every target, and a row per implementation in every table.
     assert report.startswith("# Performance")
     assert "Smoke run" in report
-    for target in _bench.TARGETS:
+    for target in SPEC["TARGETS"]:
         assert f"| {target.text} |" in report
     baseline = "| raw trio | " + " | ".join(["1.00\u00d7"] * len(rows)) + " |"
     assert baseline in report.splitlines()  # the summary: every ratio is to raw trio
     tables = report.split("## Summary", 1)[1].splitlines()
     for peer in peers:
-        name = _bench.PEERS[peer]
+        name = SPEC["PEERS"][peer]
         # the summary table, then one table per result row
         assert sum(line.startswith(f"| {name} |") for line in tables) == 1 + len(rows), peer
     chart = tmp_path / "docs" / "performance.png"
@@ -98,15 +121,12 @@ def test_quick_run_measures_every_benchmark_for_every_available_peer(
         assert "Chart skipped: matplotlib is not installed" in report
 
     # A progress line per run on stderr, the report on stdout.
-    captured = capsys.readouterr()
-    assert f"[bulk 1/{len(peers)}] trio_netstream run 1: " in captured.err
-    assert captured.out.strip() == report.strip()
+    assert f"[bulk 1/{len(peers)}] trio_netstream run 1: " in finished.stderr
+    assert finished.stdout.strip() == report.strip()
 
 
-def test_selected_benchmarks_and_peers_always_include_raw_trio(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    status, data, report = _run(tmp_path, "--only", "churn", "--peers", "trio_netstream")
+def test_selected_benchmarks_and_peers_always_include_raw_trio(tmp_path: Path) -> None:
+    status, data, report, _ = _run(tmp_path, "--only", "churn", "--peers", "trio_netstream")
 
     assert (status, data["failures"]) == (0, {})
     assert data["rows"] == ["churn"]
@@ -115,13 +135,41 @@ def test_selected_benchmarks_and_peers_always_include_raw_trio(
     assert data["notes"][0] == "raw trio was added to --peers: every ratio is to it."
     assert "### Connection churn" in report
     assert "### Bulk transfer" not in report
-    capsys.readouterr()
+
+
+def test_baseline_adds_a_peer_importing_trio_netstream_from_another_checkout(
+    tmp_path: Path,
+) -> None:
+    # This checkout is its own baseline here: what is tested is that the
+    # extra peer runs, interleaved, from the directory given.
+    root = BENCHMARKS.parent
+    status, data, report, finished = _run(
+        tmp_path, "--only", "churn", "--peers", "trio_netstream", "--baseline", str(root)
+    )
+
+    assert (status, data["failures"]) == (0, {})
+    assert data["peers"] == ["trio_netstream", "trio_netstream@base", "trio"]
+    assert data["baseline"] == str(root)
+    assert sorted(data["results"]["churn"]) == ["trio", "trio_netstream", "trio_netstream@base"]
+    progress = [line for line in finished.stderr.splitlines() if line.startswith("[churn ")]
+    assert [line.split(" run ")[0] for line in progress] == [
+        "[churn 1/3] trio_netstream",
+        "[churn 2/3] trio_netstream@base",
+        "[churn 3/3] raw trio",
+    ]
+    imported = root / "trio_netstream" / "__init__.py"
+    assert f"note: trio_netstream@base imports {imported}" in finished.stderr
+    tables = report.split("## Summary", 1)[1].splitlines()
+    assert sum(line.startswith("| trio_netstream@base | ") for line in tables) == 2
 
 
 @pytest.mark.parametrize(
-    "args", [["--only", "bulk,nonsense"], ["--peers", "java"], ["--runs", "0"]]
+    "args",
+    [["--only", "bulk,nonsense"], ["--peers", "java"], ["--runs", "0"], ["--baseline", "/"]],
 )
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path: Path, args: list[str]) -> None:
-    with pytest.raises(SystemExit):
-        _bench.main(["--quick", "--output-dir", str(tmp_path / "docs"), *args])
+    finished = _bench(tmp_path, "--quick", "--output-dir", str(tmp_path / "docs"), *args)
+    assert finished.returncode != 0  # SystemExit, with a message
+    assert finished.stderr.strip()
+    assert "Traceback" not in finished.stderr
     assert not (tmp_path / "docs").exists()

@@ -9,7 +9,6 @@ Commands:
   ``--workers N`` runs N processes sharing one port (``SO_REUSEPORT``).
 * ``connect``: a netcat-like client: stdin to the socket, received data to
   stdout; ``--tls`` or SMTP-style ``--starttls``.
-* ``bench``: the benchmarks (:mod:`trio_netstream._bench`).
 
 Exit codes (the same for every command): 0 success (and SIGTERM), 1 network
 or protocol error, 2 usage error, 3 TLS or certificate error, 130 SIGINT.

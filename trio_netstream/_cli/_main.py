@@ -11,7 +11,6 @@ import argparse
 import functools
 import signal
 import ssl
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
@@ -98,12 +97,7 @@ def _run_connect(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the package docstring)."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    if words[:1] == ["bench"]:
-        from .._bench import main as bench_main
-
-        return bench_main(words[1:])
-    args = build_parser().parse_args(words)
+    args = build_parser().parse_args(None if argv is None else list(argv))
     check(args)
     try:
         if args.command == "demo":

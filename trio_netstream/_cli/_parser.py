@@ -82,7 +82,7 @@ def _encoding(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``trio-netstream`` parser (``bench`` is only named here: ``main`` hands it over)."""
+    """The ``trio-netstream`` parser: the ``demo``, ``echo`` and ``connect`` commands."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Node.js net streams on Trio.",
@@ -118,11 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     _connect_options(connect)
     for subparser in (run_demo, echo, connect):
         subparser.set_defaults(subparser=subparser)
-    commands.add_parser(
-        "bench",
-        help="benchmarks against raw trio, asyncio and Node.js (bench --help for options)",
-        add_help=False,
-    )
     return parser
 
 

@@ -1,0 +1,234 @@
+"""The benchmark suite: trio_netstream against its peers, in one run.
+
+Run it from a checkout with ``python benchmarks/bench.py`` (``--help`` lists
+the options; ``--quick`` is a smoke run of a few seconds), or ``nox -s
+bench``. It is not part of the library (the wheel does not carry it); it
+measures the trio_netstream of the checkout it lives in.
+
+How it works: this process (the *orchestrator*, ``bench_run.py``) starts,
+for every run, a server process and a client process of the same
+implementation (the *peer*) on 127.0.0.1, reads their results from their
+stdout, and never measures anything itself except the server's memory
+(``VmRSS`` from ``/proc/<pid>/status``). Runs are interleaved (A B C A B C
+...) and every figure is the median over the runs; every figure is also
+given as a ratio to raw ``trio.SocketStream`` measured in the same
+invocation (``bench_report.py``). The Python peers are
+``python_peer.py`` (``peer_*.py``), the Node.js peer ``node_peer.js``.
+
+``--baseline DIR`` adds the peer ``trio_netstream@base``: the trio_netstream
+roles, run with trio_netstream imported from DIR (a checkout of another
+commit, e.g. a ``git worktree``), interleaved with the others, so that two
+commits are compared in one invocation.
+
+Benchmarks:
+
+* ``bulk``: the client sends ``bytes`` in ``chunk`` writes (respecting each
+  implementation's backpressure); the server counts them and answers one
+  byte once all have arrived. Time from connect to that byte: MB/s
+  (1 MB = 10**6 bytes).
+* ``pingpong``: ``rounds`` round trips of a ``size``-byte request and its
+  full echo, ``no_delay`` on both sides; client and server pinned to
+  different cores (``pingpong-cross``) or to the same core
+  (``pingpong-same``): round trips/s, p50 and p99 in microseconds.
+* ``churn``: ``count`` sequential connections, each: connect, send one
+  byte, read its echo, end, wait for the peer's end and the close:
+  connections/s.
+* ``idle``: the server's RSS growth per connection while it holds
+  ``connections`` idle echo connections, opened by a client process.
+* ``tls``: ``bulk`` over TLS (trustme certificates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench_report import chart, markdown, targets
+from bench_run import HERE, ROOT, Suite, progress, run_suite
+from bench_spec import BASE_PEER, BASELINE, BENCHMARKS, FULL, PEERS, QUICK, Sizes, peer_name
+from peer_common import raise_nofile
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/bench.py",
+        description="Benchmark trio_netstream against raw trio, asyncio and Node.js "
+        "(client and server in separate processes on 127.0.0.1).",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke mode: tiny sizes, 1 run each (a few seconds)"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated benchmarks (default: all of {','.join(BENCHMARKS)})",
+    )
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"comma-separated implementations (default: all of {','.join(PEERS)}); "
+        "raw trio is always added, as the baseline",
+    )
+    parser.add_argument("--runs", type=int, help="runs per implementation (default 5, quick 1)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=ROOT / "docs",
+        help="where performance.md and performance.png go (default: docs/ of this checkout)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    parser.add_argument("--bulk-mib", type=int, help="bulk payload in MiB (default 1024)")
+    parser.add_argument("--tls-mib", type=int, help="TLS bulk payload in MiB (default 256)")
+    parser.add_argument("--rounds", type=int, help="ping-pong round trips (default 20000)")
+    parser.add_argument("--churn", type=int, help="churn connections (default 5000)")
+    parser.add_argument("--idle", type=int, help="idle connections (default 10000)")
+    parser.add_argument(
+        "--node-peer",
+        type=Path,
+        default=HERE / "node_peer.js",
+        help="the Node.js peer script (default: node_peer.js next to this file)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600, help="seconds allowed for one client run"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help=f"also run the peer {BASE_PEER}: the trio_netstream roles with trio_netstream "
+        "imported from DIR, a checkout of another commit (e.g. a git worktree)",
+    )
+    return parser
+
+
+def _split(value: str, known: Sequence[str], what: str) -> list[str]:
+    chosen = [item.strip() for item in value.split(",") if item.strip()]
+    unknown = [item for item in chosen if item not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return [item for item in known if item in chosen]  # canonical order
+
+
+def _suite(args: argparse.Namespace) -> Suite:
+    base = QUICK if args.quick else FULL
+    overrides: dict[str, int] = {}
+    if args.runs is not None:
+        overrides["runs"] = args.runs
+    if args.bulk_mib is not None:
+        overrides["bulk_bytes"] = args.bulk_mib << 20
+    if args.tls_mib is not None:
+        overrides["tls_bytes"] = args.tls_mib << 20
+    for name in ("rounds", "churn", "idle"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    sizes = Sizes(**{**base.__dict__, **overrides})
+    if (
+        sizes.runs < 1
+        or min(sizes.bulk_bytes, sizes.tls_bytes, sizes.rounds, sizes.churn, sizes.idle) < 1
+    ):
+        raise SystemExit("sizes and --runs must be at least 1")
+    peers = _split(args.peers, list(PEERS), "peer")
+    suite = Suite(
+        sizes=sizes,
+        benchmarks=_split(args.only, list(BENCHMARKS), "benchmark"),
+        peers=peers,
+        output_dir=args.output_dir,
+        quick=args.quick,
+        json_path=args.json,
+        node_peer=args.node_peer,
+        timeout=args.timeout,
+        cpus=sorted(os.sched_getaffinity(0)),
+    )
+    if BASELINE not in peers:
+        suite.peers = [peer for peer in PEERS if peer in (*peers, BASELINE)]
+        suite.notes.append("raw trio was added to --peers: every ratio is to it.")
+    if "node" in suite.peers:
+        if shutil.which("node") is None:
+            suite.peers.remove("node")
+            suite.notes.append("Node.js skipped: `node` was not found on PATH.")
+        elif not suite.node_peer.is_file():
+            suite.peers.remove("node")
+            suite.notes.append(f"Node.js skipped: {suite.node_peer} does not exist.")
+    if args.baseline is not None:
+        _add_baseline(suite, args.baseline)
+    if not args.quick and sizes.runs < 3:
+        suite.notes.append(f"Only {sizes.runs} run(s) per figure: medians of fewer than 3 runs.")
+    return suite
+
+
+def _add_baseline(suite: Suite, directory: Path) -> None:
+    """Add the peer trio_netstream@base, run right after trio_netstream."""
+    root = directory.resolve()
+    if not (root / "trio_netstream" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline {directory}: no trio_netstream/__init__.py there")
+    suite.baseline = root
+    at = suite.peers.index("trio_netstream") + 1 if "trio_netstream" in suite.peers else 0
+    suite.peers.insert(at, BASE_PEER)
+    suite.notes.append(
+        f"{BASE_PEER}: the trio_netstream roles, with trio_netstream imported from {root}."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark suite.
+
+    Returns the process exit status: 0 when every selected benchmark produced
+    a figure for every selected implementation, 1 otherwise.
+    """
+    args = _parser().parse_args(argv)
+    raise_nofile()
+    suite = _suite(args)
+    for note in suite.notes:
+        progress("note: " + note)
+    started = time.monotonic()
+    progress(
+        f"benchmarks: {', '.join(suite.benchmarks)}; peers: "
+        f"{', '.join(peer_name(p) for p in suite.peers)}; {suite.sizes.runs} run(s) each"
+        + (" (quick)" if suite.quick else "")
+    )
+    suite.load.append(os.getloadavg()[0])
+    run_suite(suite)
+    suite.load.append(os.getloadavg()[0])
+    suite.output_dir.mkdir(parents=True, exist_ok=True)
+    chart_path = suite.output_dir / "performance.png"
+    drawn = chart_path.name if suite.results and chart(suite, chart_path) else None
+    report = markdown(suite, drawn)
+    (suite.output_dir / "performance.md").write_text(report, encoding="utf-8")
+    if suite.json_path is not None:
+        suite.json_path.parent.mkdir(parents=True, exist_ok=True)
+        suite.json_path.write_text(
+            json.dumps(
+                {
+                    "quick": suite.quick,
+                    "sizes": suite.sizes.__dict__,
+                    "peers": suite.peers,
+                    "baseline": None if suite.baseline is None else str(suite.baseline),
+                    "rows": list(suite.results),
+                    "results": suite.results,
+                    "failures": suite.failures,
+                    "notes": suite.notes,
+                    "targets": [list(t) for t in targets(suite)],
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
+    print(report)
+    progress(
+        f"wrote {suite.output_dir / 'performance.md'}"
+        + (f" and {chart_path}" if drawn else "")
+        + f" in {time.monotonic() - started:.0f} s"
+    )
+    return 1 if suite.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The report: medians and ratios to raw trio, the Markdown page
+(``performance.md``) and the chart (``performance.png``, with matplotlib)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib
+import os
+import platform
+import resource
+import shutil
+import ssl
+import statistics
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+from bench_run import Suite, progress
+from bench_spec import BASE_PEER, BASELINE, NONE, ROWS, TARGETS, TIMES, peer_name
+
+
+def _median(suite: Suite, row: str, peer: str, metric: str) -> float | None:
+    runs = suite.results.get(row, {}).get(peer)
+    if not runs:
+        return None
+    return statistics.median(run[metric] for run in runs)
+
+
+def _ratio(suite: Suite, row: str, peer: str, metric: str, versus: str = BASELINE) -> float | None:
+    value = _median(suite, row, peer, metric)
+    base = _median(suite, row, versus, metric)
+    if value is None or not base:
+        return None
+    return value / base
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return NONE
+    if abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:,.1f}"
+    else:
+        text = f"{value:,.2f}"
+    return f"{text} {unit}".strip()
+
+
+def _fmt_ratio(ratio: float | None) -> str:
+    return NONE if ratio is None else f"{ratio:.2f}{TIMES}"
+
+
+def _machine() -> dict[str, str]:
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0))
+    return {
+        "CPU": model,
+        "cores": f"{os.cpu_count()} ({usable} usable by this process)",
+        "kernel": f"{platform.system()} {platform.release()}",
+        "RLIMIT_NOFILE (soft/hard)": "/".join(
+            str(limit) for limit in resource.getrlimit(resource.RLIMIT_NOFILE)
+        ),
+    }
+
+
+def _node_versions() -> tuple[str, str] | None:
+    if shutil.which("node") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["node", "-p", "process.version + ' ' + process.versions.openssl"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0], out[1]
+
+
+def _versions(suite: Suite) -> dict[str, str]:
+    import trio
+
+    versions = {
+        "Python": f"{platform.python_version()} ({platform.python_implementation()})",
+        "trio": trio.__version__,
+        "trio_netstream": _library(suite, "trio_netstream"),
+    }
+    if suite.baseline is not None:
+        versions[BASE_PEER] = _library(suite, BASE_PEER)
+    versions["OpenSSL (Python)"] = ssl.OPENSSL_VERSION
+    node = _node_versions()
+    versions["Node.js"] = node[0] if node else "not found"
+    if node:
+        versions["OpenSSL (Node.js)"] = node[1]
+    return versions
+
+
+def _library(suite: Suite, peer: str) -> str:
+    """The version the peer's roles reported; with ``--baseline``, also which
+    commit of which checkout (the point of such a run is to compare them)."""
+    reported = suite.libraries.get(peer)
+    version = reported["version"] if reported else "not measured"
+    if suite.baseline is None:
+        return version
+    root = suite.library_root(peer)
+    where = f"{_commit(root)}, {root}" if peer == BASE_PEER else _commit(root)
+    return f"{version} ({where})"
+
+
+def _commit(root: Path) -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return f"commit {head}" + (" with uncommitted changes" if changed else "")
+
+
+def targets(suite: Suite) -> list[tuple[str, str, str]]:
+    lines: list[tuple[str, str, str]] = []
+    for target in TARGETS:
+        ratio = _ratio(suite, target.row, "trio_netstream", target.metric, target.versus)
+        if ratio is None:
+            verdict = "not measured"
+        else:
+            met = ratio >= target.ratio if target.at_least else ratio <= target.ratio
+            verdict = "met" if met else "**not met**"
+        lines.append((target.text, _fmt_ratio(ratio), verdict))
+    return lines
+
+
+def markdown(suite: Suite, chart: str | None) -> str:
+    s = suite.sizes
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out: list[str] = ["# Performance", ""]
+    if suite.quick:
+        out += [
+            "> **Smoke run (`--quick`)**: tiny sizes and one run each. These figures only show "
+            "that the harness works; they are not a measurement.",
+            "",
+        ]
+    out += [
+        "trio_netstream against its peers, all measured in the same run by "
+        "`python benchmarks/bench.py`. Client and server are separate processes on "
+        f"127.0.0.1; runs are interleaved (A B C … A B C …) and every figure is the median of "
+        f"{s.runs} run{'s' if s.runs != 1 else ''}. **Ratios are to raw `trio.SocketStream` "
+        "measured in the same invocation** (for latency and memory, lower is better).",
+        "",
+        f"Generated {now}.",
+        "",
+        "## Machine and versions",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    machine = _machine()
+    if suite.load:
+        machine["load average (1 min), start / end"] = " / ".join(f"{x:.2f}" for x in suite.load)
+    for key, value in {**machine, **_versions(suite)}.items():
+        out.append(f"| {key} | {value} |")
+    out += [
+        "",
+        "## Targets (trio_netstream)",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
+    out += [f"| {text} | {ratio} | {verdict} |" for text, ratio, verdict in targets(suite)]
+    out += ["", "## Summary: ratio to raw trio", ""]
+    rows = [row for row in ROWS if row in suite.results]
+    header = " | ".join(f"{ROWS[row].short} ({ROWS[row].main.label})" for row in rows)
+    out += [f"| implementation | {header} |", "|---" * (len(rows) + 1) + "|"]
+    for peer in suite.peers:
+        cells: list[str] = [
+            _fmt_ratio(_ratio(suite, row, peer, ROWS[row].main.key)) for row in rows
+        ]
+        out.append(f"| {peer_name(peer)} | " + " | ".join(cells) + " |")
+    out += ["", "Higher is better, except for idle memory."]
+    if chart:
+        out += ["", f"![ratios to raw trio]({chart})"]
+    out += ["", "## Results", ""]
+    for row_key in rows:
+        row = ROWS[row_key]
+        out += [f"### {row.title}", "", _row_setup(suite, row_key), ""]
+        head = " | ".join(f"{m.label} ({m.unit}) | ratio" for m in row.metrics)
+        out += [
+            f"| implementation | {head} | {row.main.label}, each run |",
+            "|---" * (2 * len(row.metrics) + 2) + "|",
+        ]
+        for peer in suite.peers:
+            failure = suite.failures.get(row_key, {}).get(peer)
+            runs = suite.results[row_key].get(peer, [])
+            cells = []
+            for metric in row.metrics:
+                cells.append(_fmt(_median(suite, row_key, peer, metric.key), metric.unit))
+                cells.append(_fmt_ratio(_ratio(suite, row_key, peer, metric.key)))
+            per_run = ", ".join(_fmt(run[row.main.key]) for run in runs)
+            if failure:
+                per_run += f" failed: {failure}"
+            out.append(f"| {peer_name(peer)} | " + " | ".join(cells) + f" | {per_run} |")
+        out.append("")
+    out += ["## How it was measured", ""]
+    out += [
+        "- **bulk**: the client writes the whole payload in "
+        f"{s.chunk // 1024} KiB writes, respecting each implementation's backpressure "
+        "(trio_netstream and Node.js: `write()` → `False` then `'drain'`; asyncio Protocol: "
+        "`pause_writing`/`resume_writing`; asyncio Streams: `await drain()`; raw trio: "
+        "`await send_all()`). The server counts the bytes and answers one byte once all have "
+        "arrived; the time runs from connect to that byte. 1 MB = 10⁶ bytes. Every sender "
+        "has `TCP_NODELAY` set, as raw trio and asyncio do by default (trio_netstream and "
+        "Node.js default to Nagle on, as Node does: the bench passes `no_delay=True` and "
+        "calls `setNoDelay(true)`). With Nagle on, each 64 KiB write leaves a tail shorter "
+        "than a segment waiting for an ACK; on the 2-core VM where this was developed, that "
+        "alone cost trio_netstream about 30% of its loopback throughput in some runs.",
+        "- **ping-pong**: a 64-byte request, the full 64-byte echo, then the next; `no_delay` on "
+        "both sides; each process pinned with `sched_setaffinity` to its own core "
+        "(cross-core) or both to the same core (same-core).",
+        "- **churn**: sequential connections, each: connect, send 1 byte, read the echo, end, "
+        "wait for the server's end and the close.",
+        "- **idle memory**: the server's `VmRSS` (`/proc/<pid>/status`) once listening, and "
+        "again once it holds every connection (opened by a client process, both with "
+        "`RLIMIT_NOFILE` raised to the hard limit); the difference divided by the count.",
+        "- **TLS bulk**: bulk over TLS with `trustme` certificates; `ssl=` for "
+        "trio_netstream, `trio.SSLStream` for raw trio, `ssl=` for asyncio, `tls` for Node.js.",
+        "- **servers**: trio_netstream uses Node-port style listeners (`on('data', "
+        "stream.write)` echo, a counting `'data'` listener as the sink); raw trio uses "
+        "`serve_tcp` handlers; Node.js runs `benchmarks/node_peer.js`.",
+        "",
+    ]
+    if suite.notes:
+        out += ["## Notes", ""] + [f"- {note}" for note in suite.notes] + [""]
+    return "\n".join(out)
+
+
+def _row_setup(suite: Suite, row: str) -> str:
+    s = suite.sizes
+    return {
+        "bulk": f"{s.bulk_bytes / 2**20:,.0f} MiB one way in {s.chunk // 1024} KiB writes.",
+        "pingpong-cross": f"{s.rounds:,} round trips of {s.message} bytes; server on CPU "
+        f"{suite.cpus[0] if suite.cpus else '?'}, client on CPU "
+        f"{suite.cpus[1] if len(suite.cpus) > 1 else '?'}.",
+        "pingpong-same": f"{s.rounds:,} round trips of {s.message} bytes; server and client "
+        f"both on CPU {suite.cpus[0] if suite.cpus else '?'}.",
+        "churn": f"{s.churn:,} sequential connections.",
+        "idle": f"{s.idle:,} concurrent idle connections.",
+        "tls": f"{s.tls_bytes / 2**20:,.0f} MiB one way over TLS in {s.chunk // 1024} KiB writes.",
+    }[row]
+
+
+def chart(suite: Suite, path: Path) -> bool:
+    """The bar chart of ratios to raw trio; ``False`` (and a note) without matplotlib."""
+    try:
+        matplotlib: Any = importlib.import_module("matplotlib")
+    except ImportError:
+        suite.notes.append("Chart skipped: matplotlib is not installed (pip install matplotlib).")
+        progress("note: " + suite.notes[-1])
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a plotting library's deprecations are not ours
+        matplotlib.use("Agg")
+        plt: Any = importlib.import_module("matplotlib.pyplot")
+        peers = [peer for peer in suite.peers if peer != BASELINE]
+        speed_rows = [r for r in ROWS if r in suite.results and ROWS[r].main.higher_is_better]
+        has_idle = "idle" in suite.results
+        fig, axes = plt.subplots(
+            1,
+            2 if has_idle else 1,
+            figsize=(12 if has_idle else 9, 4.8),
+            gridspec_kw={"width_ratios": [3, 1]} if has_idle else None,
+            squeeze=False,
+        )
+        colours = plt.get_cmap("tab10").colors
+        ax = axes[0][0]
+        width = 0.8 / max(1, len(speed_rows))
+        for i, row in enumerate(speed_rows):
+            values = [_ratio(suite, row, peer, ROWS[row].main.key) or 0.0 for peer in peers]
+            xs = [p + (i - (len(speed_rows) - 1) / 2) * width for p in range(len(peers))]
+            label = ROWS[row].short
+            bars = ax.bar(xs, values, width, label=label, color=colours[i % 10])
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(peers)))
+        ax.set_xticklabels([peer_name(p) for p in peers])
+        ax.set_ylabel("ratio to raw trio (higher is better)")
+        ax.set_title("Throughput: ratio to raw trio (dashed line = raw trio)")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, -0.1), ncol=3, frameon=False)
+        if has_idle:
+            ax2 = axes[0][1]
+            values = [_ratio(suite, "idle", peer, "kib_per_conn") or 0.0 for peer in peers]
+            bars = ax2.bar(range(len(peers)), values, 0.6, color=colours[len(speed_rows) % 10])
+            ax2.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+            ax2.axhline(1.0, color="black", linestyle="--", linewidth=1)
+            ax2.set_xticks(range(len(peers)))
+            ax2.set_xticklabels([peer_name(p) for p in peers], rotation=30, ha="right")
+            ax2.set_ylabel("ratio to raw trio (lower is better)")
+            ax2.set_title("Idle memory per connection")
+        title = "trio_netstream and peers vs raw trio.SocketStream"
+        if suite.quick:
+            title += " (smoke run: not a measurement)"
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return True

@@ -1,0 +1,358 @@
+"""The orchestrator: start each run's server and client processes, read their
+results, and interleave the runs (A B C ... A B C ...).
+
+It never measures anything itself except the server's memory (``VmRSS``
+from ``/proc/<pid>/status``). The Python peers run ``python_peer.py`` next
+to this file, Node.js runs ``node_peer.js``; both speak the line protocol
+described in ``python_peer.py``.
+
+Which trio_netstream a role imports: every Python role starts with this
+checkout's root first on ``PYTHONPATH``, except the ``trio_netstream@base``
+peer's, which start with the ``--baseline`` directory there instead. The
+roles run as scripts, so ``sys.path[0]`` is this directory (which has no
+``trio_netstream``), never the current directory; the editable install's
+path entry comes after ``PYTHONPATH``. Each trio_netstream role reports the
+file it imported (``LIBRARY``), and a run whose file is not under the
+expected directory fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from bench_spec import BASE_PEER, BENCHMARKS, HOST, BenchError, Sizes, peer_name
+
+HERE = Path(__file__).resolve().parent
+#: The checkout this harness belongs to: the ``trio_netstream`` peer measures its package.
+ROOT = HERE.parent
+PYTHON_PEER = HERE / "python_peer.py"
+
+#: Starts a program (Node.js) the way a Python role starts itself: the file
+#: limit raised to the hard limit, pinned to the CPUs given as JSON (if any).
+_EXEC_PINNED = """\
+import json, os, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+cpus = json.loads(sys.argv[1])
+if cpus:
+    os.sched_setaffinity(0, cpus)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+class Lines:
+    """Lines of a child's stdout, read with a deadline. ``LIBRARY`` lines
+    are kept in :attr:`library`, other unexpected lines shown as progress."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], name: str, errors: IO[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.name = name
+        self.buffer = b""
+        self.errors = errors
+        self.library: dict[str, str] | None = None
+
+    def expect(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\n", 1)
+                line = raw.decode(errors="replace").strip()
+                if line.startswith(prefix + " ") or line == prefix:
+                    return line[len(prefix) :].strip()
+                if line.startswith("LIBRARY "):
+                    self.library = json.loads(line[len("LIBRARY ") :])
+                elif line:
+                    progress(f"    ({self.name}) {line}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"{self.name}: no {prefix} within {timeout:.0f} s{self.tail()}")
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    raise BenchError(f"{self.name} exited before {prefix}{self.tail()}")
+                self.buffer += chunk
+
+    def tail(self) -> str:
+        self.errors.flush()
+        self.errors.seek(0)
+        text = self.errors.read().decode(errors="replace").strip()
+        return ("\n" + "\n".join(text.splitlines()[-15:])) if text else ""
+
+
+@dataclass
+class Suite:
+    """What one invocation measures, and where it writes."""
+
+    sizes: Sizes
+    benchmarks: list[str]
+    peers: list[str]
+    output_dir: Path
+    quick: bool
+    json_path: Path | None
+    node_peer: Path
+    timeout: float
+    baseline: Path | None = None
+    notes: list[str] = field(default_factory=list[str])
+    results: dict[str, dict[str, list[dict[str, float]]]] = field(
+        default_factory=dict[str, dict[str, list[dict[str, float]]]]
+    )
+    failures: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])
+    cpus: list[int] = field(default_factory=list[int])
+    load: list[float] = field(default_factory=list[float])
+    #: The trio_netstream each trio_netstream peer imported: ``file`` and ``version``.
+    libraries: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])
+
+    def library_root(self, peer: str) -> Path:
+        """The checkout whose trio_netstream *peer*'s roles import."""
+        if peer == BASE_PEER:
+            assert self.baseline is not None
+            return self.baseline
+        return ROOT
+
+
+def progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _role_argv(suite: Suite, peer: str, role: str, cfg: dict[str, Any]) -> list[str]:
+    blob = json.dumps(cfg)
+    if peer == "node":
+        pinned = [sys.executable, "-c", _EXEC_PINNED, json.dumps(cfg["cpus"])]
+        return [*pinned, "node", str(suite.node_peer), role, blob]
+    runs = "trio_netstream" if peer == BASE_PEER else peer  # the same roles, another library
+    return [sys.executable, str(PYTHON_PEER), role, runs, blob]
+
+
+def _role_env(suite: Suite, peer: str) -> dict[str, str]:
+    env = dict(os.environ)
+    first = str(suite.library_root(peer))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [first, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    )
+    # The roles are not part of the library's coverage, even under `pytest --cov`.
+    env.pop("COVERAGE_PROCESS_START", None)
+    env.pop("COVERAGE_PROCESS_CONFIG", None)
+    return env
+
+
+@contextlib.contextmanager
+def _spawn(
+    suite: Suite, peer: str, role: str, cfg: dict[str, Any]
+) -> Generator[tuple[subprocess.Popen[bytes], Lines], None, None]:
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            _role_argv(suite, peer, role, cfg),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env=_role_env(suite, peer),
+        )
+        try:
+            yield proc, Lines(proc, f"{peer_name(peer)} {role}", errors)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+
+
+def _check_library(suite: Suite, peer: str, *outputs: Lines) -> None:
+    """Each trio_netstream role imported the package of its checkout."""
+    if peer not in ("trio_netstream", BASE_PEER):
+        return
+    root = suite.library_root(peer).resolve()
+    for out in outputs:
+        if out.library is None:
+            raise BenchError(f"{out.name} did not say which trio_netstream it imported")
+        imported = Path(out.library["file"]).resolve()
+        if not imported.is_relative_to(root):
+            raise BenchError(f"{out.name} imported {imported}, not trio_netstream from {root}")
+        if peer not in suite.libraries:
+            suite.libraries[peer] = out.library
+            progress(f"note: {peer_name(peer)} imports {imported}")
+
+
+def _vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def _settled_rss_kib(pid: int, quick: bool) -> int:
+    """VmRSS once it stops moving (two readings 0.2 s apart within 0.5 %);
+    a single reading in a smoke run."""
+    previous = _vm_rss_kib(pid)
+    if quick:
+        return previous
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        current = _vm_rss_kib(pid)
+        if abs(current - previous) <= previous * 0.005:
+            return current
+        previous = current
+    return previous
+
+
+def _pinning(suite: Suite, row: str) -> tuple[list[int] | None, list[int] | None]:
+    if row == "pingpong-cross":
+        return [suite.cpus[0]], [suite.cpus[1]]
+    if row == "pingpong-same":
+        return [suite.cpus[0]], [suite.cpus[0]]
+    return None, None
+
+
+def _configs(
+    suite: Suite, row: str, tls: dict[str, str] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    s = suite.sizes
+    bench = row.split("-")[0]
+    server: dict[str, Any] = {
+        "mode": "sink" if bench in ("bulk", "tls") else "echo",
+        "bytes": s.tls_bytes if bench == "tls" else s.bulk_bytes,
+        "connections": s.idle if bench == "idle" else 0,
+        "no_delay": bench == "pingpong",
+        "tls": tls if bench == "tls" else None,
+    }
+    client: dict[str, Any] = {
+        "kind": "bulk" if bench == "tls" else bench,
+        # Every bulk sender has TCP_NODELAY, raw trio's and asyncio's default:
+        # the rows compare the libraries, not Nagle against no Nagle.
+        "no_delay": bench in ("bulk", "tls"),
+        "bytes": server["bytes"],
+        "chunk": s.chunk,
+        "rounds": s.rounds,
+        "size": s.message,
+        "count": s.churn,
+        "connections": s.idle,
+        "tls": server["tls"],
+    }
+    return server, client
+
+
+def _measure(suite: Suite, row: str, peer: str, tls: dict[str, str] | None) -> dict[str, float]:
+    server_cfg, client_cfg = _configs(suite, row, tls)
+    server_cfg["cpus"], client_cfg["cpus"] = _pinning(suite, row)
+    # Both processes start at once; the client waits for the port on its stdin.
+    with (
+        _spawn(suite, peer, "server", server_cfg) as (server, server_out),
+        _spawn(suite, peer, "client", client_cfg) as (client, client_out),
+    ):
+        port = int(server_out.expect("READY", 60))
+        before = 0  # only read by the idle row, which measures it here
+        if row == "idle":
+            before = _settled_rss_kib(server.pid, suite.quick)
+        assert client.stdin is not None
+        client.stdin.write(f"{port}\n".encode())
+        client.stdin.flush()
+        if row == "idle":
+            connected = int(client_out.expect("CONNECTED", suite.timeout))
+            server_out.expect("ACCEPTED", suite.timeout)
+            after = _settled_rss_kib(server.pid, suite.quick)
+            values = {
+                "kib_per_conn": (after - before) / connected,
+                "rss_before_kib": before,
+                "rss_after_kib": after,
+            }
+        else:
+            values = json.loads(client_out.expect("RESULT", suite.timeout))
+            if server.poll() is not None:
+                raise BenchError(
+                    f"{peer_name(peer)} server exited during the run{server_out.tail()}"
+                )
+        _check_library(suite, peer, server_out, client_out)
+        client.stdin.close()  # the client's cue to exit
+        client.wait(30)
+    return {key: float(value) for key, value in values.items()}
+
+
+def _describe(row: str, values: dict[str, float]) -> str:
+    if row in ("bulk", "tls"):
+        return f"{values['mbps']:,.0f} MB/s"
+    if row.startswith("pingpong"):
+        return (
+            f"{values['rtps']:,.0f} rt/s, p50 {values['p50_us']:,.1f} µs, "
+            f"p99 {values['p99_us']:,.1f} µs"
+        )
+    if row == "churn":
+        return f"{values['cps']:,.0f} conn/s"
+    return f"{values['kib_per_conn']:,.2f} KiB/conn"
+
+
+@contextlib.contextmanager
+def _certificates(suite: Suite) -> Generator[dict[str, str] | None, None, None]:
+    if "tls" not in suite.benchmarks:
+        yield None
+        return
+    try:
+        trustme: Any = importlib.import_module("trustme")
+    except ImportError:
+        suite.notes.append("TLS bulk skipped: trustme is not installed (pip install trustme).")
+        progress("note: " + suite.notes[-1])
+        suite.benchmarks.remove("tls")
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="trio-netstream-bench-") as folder:
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost", HOST)
+        paths = {name: str(Path(folder) / f"{name}.pem") for name in ("ca", "cert", "key")}
+        ca.cert_pem.write_to_path(paths["ca"])
+        cert.private_key_pem.write_to_path(paths["key"])
+        with open(paths["cert"], "wb") as chain:
+            for pem in cert.cert_chain_pems:
+                chain.write(pem.bytes())
+        yield paths
+
+
+def run_suite(suite: Suite) -> None:
+    rows = [row for bench in suite.benchmarks for row in BENCHMARKS[bench]]
+    if "pingpong" in suite.benchmarks and len(suite.cpus) < 2:
+        suite.notes.append(
+            f"Cross-core ping-pong skipped: this process may use only one CPU ({suite.cpus})."
+        )
+        progress("note: " + suite.notes[-1])
+        rows.remove("pingpong-cross")
+    with _certificates(suite) as tls:
+        if "tls" not in suite.benchmarks and "tls" in rows:
+            rows.remove("tls")
+        for row in rows:
+            total = suite.sizes.runs * len(suite.peers)
+            done = 0
+            results = suite.results.setdefault(row, {})
+            for run in range(1, suite.sizes.runs + 1):
+                for peer in suite.peers:  # interleaved: A B C ... A B C ...
+                    done += 1
+                    label = f"[{row} {done}/{total}] {peer_name(peer)} run {run}"
+                    if peer in suite.failures.get(row, {}):
+                        continue
+                    try:
+                        values = _measure(suite, row, peer, tls)
+                    except (BenchError, OSError, ValueError, subprocess.SubprocessError) as exc:
+                        suite.failures.setdefault(row, {})[peer] = str(exc).splitlines()[0]
+                        progress(f"{label}: FAILED: {exc}")
+                        continue
+                    results.setdefault(peer, []).append(values)
+                    progress(f"{label}: {_describe(row, values)}")

@@ -1,0 +1,162 @@
+"""What the benchmark suite measures: the peers, the benchmarks and their
+result rows, the sizes, and the targets trio_netstream is held to.
+
+Plain data, imported by every other module of the harness (and by
+``tests/test_bench_smoke.py``); it imports nothing of the library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HOST = "127.0.0.1"
+TIMES, GE, LE, NONE = "\u00d7", "\u2265", "\u2264", "\u2013"  # times, >=, <=, en dash
+BACKLOG = 4096
+#: Connections a client opens at once in the idle benchmark.
+IDLE_CONNECT_BATCH = 100
+
+#: Peer ids (as given to ``--peers``) and their display names, in run order.
+PEERS: dict[str, str] = {
+    "trio_netstream": "trio_netstream",
+    "trio": "raw trio",
+    "asyncio-protocol": "asyncio Protocol",
+    "asyncio-streams": "asyncio Streams",
+    "node": "Node.js net",
+}
+BASELINE = "trio"
+#: The extra peer of ``--baseline DIR``: the trio_netstream roles, with
+#: trio_netstream imported from DIR (another checkout) instead of this one.
+BASE_PEER = "trio_netstream@base"
+
+#: Benchmarks as given to ``--only``, and the result rows each one makes.
+BENCHMARKS: dict[str, tuple[str, ...]] = {
+    "bulk": ("bulk",),
+    "pingpong": ("pingpong-cross", "pingpong-same"),
+    "churn": ("churn",),
+    "idle": ("idle",),
+    "tls": ("tls",),
+}
+
+
+def peer_name(peer: str) -> str:
+    """A peer's display name (``trio_netstream@base`` is its own)."""
+    return PEERS.get(peer, peer)
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Row:
+    """One result row: a benchmark (or a variant of one) and its metrics."""
+
+    key: str
+    title: str
+    short: str
+    metrics: tuple[Metric, ...]
+
+    @property
+    def main(self) -> Metric:
+        return self.metrics[0]
+
+
+_MBPS = Metric("mbps", "throughput", "MB/s", True)
+_PINGPONG = (
+    Metric("rtps", "round trips/s", "rt/s", True),
+    Metric("p50_us", "p50", "µs", False),
+    Metric("p99_us", "p99", "µs", False),
+)
+ROWS: dict[str, Row] = {
+    "bulk": Row("bulk", "Bulk transfer (one way)", "bulk", (_MBPS,)),
+    "pingpong-cross": Row(
+        "pingpong-cross",
+        "Ping-pong, client and server on different cores",
+        "ping-pong cross-core",
+        _PINGPONG,
+    ),
+    "pingpong-same": Row(
+        "pingpong-same",
+        "Ping-pong, client and server on the same core",
+        "ping-pong same-core",
+        _PINGPONG,
+    ),
+    "churn": Row(
+        "churn", "Connection churn", "churn", (Metric("cps", "connections/s", "conn/s", True),)
+    ),
+    "idle": Row(
+        "idle",
+        "Idle memory (server RSS per connection)",
+        "idle memory",
+        (Metric("kib_per_conn", "RSS per connection", "KiB", False),),
+    ),
+    "tls": Row("tls", "TLS bulk transfer (one way)", "TLS bulk", (_MBPS,)),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    bulk_bytes: int
+    chunk: int
+    rounds: int
+    message: int
+    churn: int
+    idle: int
+    tls_bytes: int
+    runs: int
+
+
+FULL = Sizes(
+    bulk_bytes=1 << 30,
+    chunk=64 * 1024,
+    rounds=20_000,
+    message=64,
+    churn=5_000,
+    idle=10_000,
+    tls_bytes=256 << 20,
+    runs=5,
+)
+QUICK = Sizes(
+    bulk_bytes=4 << 20,
+    chunk=64 * 1024,
+    rounds=200,
+    message=64,
+    churn=50,
+    idle=100,
+    tls_bytes=4 << 20,
+    runs=1,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    row: str
+    metric: str
+    versus: str
+    ratio: float
+    at_least: bool
+    per: str = ""
+
+    @property
+    def text(self) -> str:
+        sign = GE if self.at_least else LE
+        return f"{self.what} {sign} {self.ratio}{TIMES} {PEERS[self.versus]}{self.per}"
+
+
+TARGETS = (
+    Target("bulk", "bulk", "mbps", "trio", 1.0, True),
+    Target("bulk", "bulk", "mbps", "node", 1.5, True),
+    Target("same-core ping-pong", "pingpong-same", "rtps", "trio", 1.0, True),
+    Target("cross-core ping-pong", "pingpong-cross", "rtps", "trio", 0.95, True),
+    Target("churn", "churn", "cps", "trio", 1.0, True),
+    Target("idle memory", "idle", "kib_per_conn", "trio", 1.5, False, " per connection"),
+)
+
+
+class BenchError(Exception):
+    """A run failed: a role exited, timed out or printed something unexpected."""

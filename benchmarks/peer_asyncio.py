@@ -1,0 +1,346 @@
+"""The asyncio roles: Protocol (callbacks, ``pause_writing``) and Streams
+(``StreamReader`` / ``StreamWriter``, ``await drain()``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+from typing import Any
+
+from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH
+from peer_common import (
+    Announcer,
+    client_ssl,
+    hold_then_exit,
+    latency_summary,
+    result,
+    say,
+    server_ssl,
+)
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+# -- asyncio Protocol ------------------------------------------------------------
+
+
+async def protocol_server(cfg: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    announce = Announcer(cfg["connections"])
+    total: int = cfg["bytes"]
+    sink = cfg["mode"] == "sink"
+
+    class Server(asyncio.Protocol):
+        transport: asyncio.Transport
+        received = 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            if cfg["no_delay"]:
+                _nodelay(transport)
+            announce()
+
+        def data_received(self, data: bytes) -> None:
+            if sink:
+                before, self.received = self.received, self.received + len(data)
+                if before < total <= self.received:
+                    self.transport.write(b"k")
+            else:
+                self.transport.write(data)
+
+        def eof_received(self) -> bool:
+            return False  # close the transport
+
+    server = await loop.create_server(
+        Server,
+        HOST,
+        0,
+        backlog=BACKLOG,
+        ssl=server_ssl(cfg["tls"]) if cfg["tls"] else None,
+    )
+    async with server:
+        say(f"READY {server.sockets[0].getsockname()[1]}")
+        await server.serve_forever()
+
+
+async def protocol_client(cfg: dict[str, Any]) -> None:
+    kind: str = cfg["kind"]
+    if kind not in _PROTOCOL_KINDS:
+        raise ValueError(f"unknown client kind {kind!r}")
+    await _PROTOCOL_KINDS[kind](cfg["port"], cfg)
+
+
+async def _protocol_bulk(port: int, cfg: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    chunk = b"x" * cfg["chunk"]
+    writes = cfg["bytes"] // cfg["chunk"]
+    acked: asyncio.Future[float] = loop.create_future()
+    closed: asyncio.Future[None] = loop.create_future()
+
+    class Bulk(asyncio.Protocol):
+        transport: asyncio.Transport
+        sent = 0
+        paused = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            self.pump()
+
+        def pump(self) -> None:
+            while not self.paused and self.sent < writes:
+                self.sent += 1
+                self.transport.write(chunk)
+
+        def pause_writing(self) -> None:
+            self.paused = True
+
+        def resume_writing(self) -> None:
+            self.paused = False
+            self.pump()
+
+        def data_received(self, data: bytes) -> None:
+            if not acked.done():
+                acked.set_result(time.perf_counter())
+            self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not closed.done():
+                closed.set_result(None)
+
+    start = time.perf_counter()
+    await loop.create_connection(
+        Bulk, HOST, port, ssl=client_ssl(cfg["tls"]) if cfg["tls"] else None
+    )
+    elapsed = await acked - start
+    await closed
+    result(seconds=elapsed, mbps=cfg["bytes"] / elapsed / 1e6)
+
+
+async def _protocol_pingpong(port: int, cfg: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    message = b"p" * cfg["size"]
+    rounds: int = cfg["rounds"]
+    latencies: list[int] = []
+    finished: asyncio.Future[float] = loop.create_future()
+
+    class PingPong(asyncio.Protocol):
+        transport: asyncio.Transport
+        pending = 0
+        sent_at = 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            _nodelay(transport)
+
+        def send(self) -> None:
+            self.sent_at = time.perf_counter_ns()
+            self.transport.write(message)
+
+        def data_received(self, data: bytes) -> None:
+            self.pending += len(data)
+            if self.pending < len(message):
+                return
+            self.pending -= len(message)
+            latencies.append(time.perf_counter_ns() - self.sent_at)
+            if len(latencies) < rounds:
+                self.send()
+            else:
+                finished.set_result(time.perf_counter())
+                self.transport.close()
+
+    _, protocol = await loop.create_connection(PingPong, HOST, port)
+    start = time.perf_counter()
+    protocol.send()
+    elapsed = await finished - start
+    result(**latency_summary(rounds, elapsed, latencies))
+
+
+async def _protocol_churn(port: int, cfg: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    count: int = cfg["count"]
+
+    class Churn(asyncio.Protocol):
+        transport: asyncio.Transport
+
+        def __init__(self) -> None:
+            self.closed: asyncio.Future[None] = loop.create_future()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            transport.write(b"x")
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write_eof()
+
+        def eof_received(self) -> bool:
+            return False
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.closed.set_result(None)
+
+    start = time.perf_counter()
+    for _ in range(count):
+        _, churn = await loop.create_connection(Churn, HOST, port)
+        await churn.closed
+    result(cps=count / (time.perf_counter() - start))
+
+
+async def _protocol_idle(port: int, cfg: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    connections: int = cfg["connections"]
+    held: list[asyncio.BaseTransport] = []
+
+    async def open_one() -> None:
+        transport, _ = await loop.create_connection(asyncio.Protocol, HOST, port)
+        held.append(transport)
+
+    for done in range(0, connections, IDLE_CONNECT_BATCH):
+        count = min(IDLE_CONNECT_BATCH, connections - done)
+        await asyncio.gather(*(open_one() for _ in range(count)))
+    say(f"CONNECTED {len(held)}")
+    hold_then_exit()
+
+
+_PROTOCOL_KINDS = {
+    "bulk": _protocol_bulk,
+    "pingpong": _protocol_pingpong,
+    "churn": _protocol_churn,
+    "idle": _protocol_idle,
+}
+
+
+# -- asyncio Streams -------------------------------------------------------------
+
+
+async def streams_server(cfg: dict[str, Any]) -> None:
+    announce = Announcer(cfg["connections"])
+    total: int = cfg["bytes"]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        announce()
+        if cfg["no_delay"]:
+            _nodelay(writer.transport)
+        try:
+            if cfg["mode"] == "sink":
+                received = 0
+                while received < total:
+                    data = await reader.read(65536)
+                    if not data:
+                        return
+                    received += len(data)
+                writer.write(b"k")
+                await writer.drain()
+                while await reader.read(65536):
+                    pass
+            else:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            writer.close()
+
+    server = await asyncio.start_server(
+        handler,
+        HOST,
+        0,
+        backlog=BACKLOG,
+        ssl=server_ssl(cfg["tls"]) if cfg["tls"] else None,
+    )
+    async with server:
+        say(f"READY {server.sockets[0].getsockname()[1]}")
+        await server.serve_forever()
+
+
+async def streams_client(cfg: dict[str, Any]) -> None:
+    kind: str = cfg["kind"]
+    if kind not in _STREAMS_KINDS:
+        raise ValueError(f"unknown client kind {kind!r}")
+    await _STREAMS_KINDS[kind](cfg["port"], cfg)
+
+
+async def _streams_bulk(port: int, cfg: dict[str, Any]) -> None:
+    chunk = b"x" * cfg["chunk"]
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection(
+        HOST, port, ssl=client_ssl(cfg["tls"]) if cfg["tls"] else None
+    )
+    for _ in range(cfg["bytes"] // cfg["chunk"]):
+        writer.write(chunk)
+        await writer.drain()
+    ack = await reader.readexactly(1)
+    elapsed = time.perf_counter() - start
+    assert ack == b"k", ack
+    writer.close()
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        await writer.wait_closed()
+    result(seconds=elapsed, mbps=cfg["bytes"] / elapsed / 1e6)
+
+
+async def _streams_pingpong(port: int, cfg: dict[str, Any]) -> None:
+    message = b"p" * cfg["size"]
+    rounds: int = cfg["rounds"]
+    latencies: list[int] = []
+    reader, writer = await asyncio.open_connection(HOST, port)
+    _nodelay(writer.transport)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        sent_at = time.perf_counter_ns()
+        writer.write(message)
+        await writer.drain()
+        await reader.readexactly(len(message))
+        latencies.append(time.perf_counter_ns() - sent_at)
+    elapsed = time.perf_counter() - start
+    writer.close()
+    await writer.wait_closed()
+    result(**latency_summary(rounds, elapsed, latencies))
+
+
+async def _streams_churn(port: int, cfg: dict[str, Any]) -> None:
+    count: int = cfg["count"]
+    start = time.perf_counter()
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(b"x")
+        await writer.drain()
+        await reader.readexactly(1)
+        writer.write_eof()
+        await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    result(cps=count / (time.perf_counter() - start))
+
+
+async def _streams_idle(port: int, cfg: dict[str, Any]) -> None:
+    connections: int = cfg["connections"]
+    held: list[asyncio.StreamWriter] = []
+
+    async def open_one() -> None:
+        _, writer = await asyncio.open_connection(HOST, port)
+        held.append(writer)
+
+    for done in range(0, connections, IDLE_CONNECT_BATCH):
+        count = min(IDLE_CONNECT_BATCH, connections - done)
+        await asyncio.gather(*(open_one() for _ in range(count)))
+    say(f"CONNECTED {len(held)}")
+    hold_then_exit()
+
+
+_STREAMS_KINDS = {
+    "bulk": _streams_bulk,
+    "pingpong": _streams_pingpong,
+    "churn": _streams_churn,
+    "idle": _streams_idle,
+}

@@ -1,0 +1,74 @@
+"""What every Python role shares: the line protocol's output, the file
+limit, the idle client's hold, TLS contexts from the orchestrator's files,
+latency percentiles and the server's connection count."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import ssl
+import sys
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def result(**values: float) -> None:
+    say("RESULT " + json.dumps(values))
+
+
+def raise_nofile() -> None:
+    """Raise the soft limit on open files up to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _wait_stdin_closed() -> None:
+    """Block (the whole process) until the orchestrator closes our stdin."""
+    while sys.stdin.buffer.read(65536):
+        pass
+
+
+def hold_then_exit() -> None:
+    """The idle client's end: hold the connections until told, then exit
+    at once (the kernel closes every socket; a graceful close of thousands
+    of connections is not what is measured)."""
+    _wait_stdin_closed()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def server_ssl(tls: dict[str, str]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls["cert"], tls["key"])
+    return context
+
+
+def client_ssl(tls: dict[str, str]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=tls["ca"])
+
+
+def latency_summary(rounds: int, elapsed: float, latencies_ns: list[int]) -> dict[str, float]:
+    ordered = sorted(latencies_ns)
+
+    def percentile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] / 1000
+
+    return {"rtps": rounds / elapsed, "p50_us": percentile(0.50), "p99_us": percentile(0.99)}
+
+
+class Announcer:
+    """Counts a server's connections; prints ``ACCEPTED n`` at the idle target."""
+
+    def __init__(self, target: int) -> None:
+        self.count = 0
+        self.target = target
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.count == self.target:
+            say(f"ACCEPTED {self.count}")

@@ -1,0 +1,183 @@
+"""The trio_netstream roles, written Node-port style (listeners).
+
+The ``trio_netstream@base`` peer runs these same functions, in processes
+whose ``import trio_netstream`` finds the baseline checkout first.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import trio
+
+import trio_netstream as net
+from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH
+from peer_common import (
+    Announcer,
+    client_ssl,
+    hold_then_exit,
+    latency_summary,
+    result,
+    say,
+    server_ssl,
+)
+
+
+def _end_on_data(stream: Any, data: bytes) -> None:
+    stream.end()
+
+
+async def netstream_server(cfg: dict[str, Any]) -> None:
+    announce = Announcer(cfg["connections"])
+    total: int = cfg["bytes"]
+
+    def on_connection(stream: net.Stream) -> None:
+        if cfg["mode"] == "sink":
+            received = 0
+
+            def on_data(data: bytes) -> None:
+                nonlocal received
+                before, received = received, received + len(data)
+                if before < total <= received:
+                    stream.end(b"k")
+
+            stream.on("data", on_data)
+        else:
+            stream.on("data", stream.write)
+        stream.on("end", stream.end)
+        announce()
+
+    options: dict[str, Any] = {"no_delay": cfg["no_delay"]}
+    if cfg["tls"]:
+        options["ssl"] = server_ssl(cfg["tls"])
+    async with net.create_server(on_connection, **options) as server:
+        await server.listen(0, HOST, backlog=BACKLOG)
+        address = server.address()
+        assert isinstance(address, tuple)
+        say(f"READY {address[1]}")
+        await trio.sleep_forever()
+
+
+async def netstream_client(cfg: dict[str, Any]) -> None:
+    kind: str = cfg["kind"]
+    if kind not in _KINDS:
+        raise ValueError(f"unknown client kind {kind!r}")
+    await _KINDS[kind](cfg["port"], cfg)
+
+
+async def _bulk(port: int, cfg: dict[str, Any]) -> None:
+    chunk = b"x" * cfg["chunk"]
+    writes = cfg["bytes"] // cfg["chunk"]
+    options: dict[str, Any] = {"no_delay": cfg["no_delay"]}
+    if cfg["tls"]:
+        options["ssl"] = client_ssl(cfg["tls"])
+    start = time.perf_counter()
+    stream = net.create_connection(port, HOST, **options)
+    sent = 0
+    elapsed = 0.0
+
+    def pump() -> None:
+        nonlocal sent
+        while sent < writes:
+            sent += 1
+            if not stream.write(chunk):
+                return  # wait for 'drain'
+
+    def on_ack(data: bytes) -> None:
+        nonlocal elapsed
+        elapsed = time.perf_counter() - start
+        stream.end()
+
+    stream.on("secure" if cfg["tls"] else "connect", pump)
+    stream.on("drain", pump)
+    stream.on("data", on_ack)
+    async with stream:
+        pass
+    result(seconds=elapsed, mbps=cfg["bytes"] / elapsed / 1e6)
+
+
+async def _pingpong(port: int, cfg: dict[str, Any]) -> None:
+    message = b"p" * cfg["size"]
+    rounds: int = cfg["rounds"]
+    latencies: list[int] = []
+    stream = net.create_connection(port, HOST, no_delay=True)
+    pending = 0
+    sent_at = 0
+    start = 0.0
+    elapsed = 0.0
+
+    def send() -> None:
+        nonlocal sent_at
+        sent_at = time.perf_counter_ns()
+        stream.write(message)
+
+    def on_connect() -> None:
+        nonlocal start
+        start = time.perf_counter()
+        send()
+
+    def on_data(data: bytes) -> None:
+        nonlocal pending, elapsed
+        pending += len(data)
+        if pending < len(message):
+            return
+        pending -= len(message)
+        latencies.append(time.perf_counter_ns() - sent_at)
+        if len(latencies) < rounds:
+            send()
+        else:
+            elapsed = time.perf_counter() - start
+            stream.end()
+
+    stream.on("connect", on_connect)
+    stream.on("data", on_data)
+    async with stream:
+        pass
+    result(**latency_summary(rounds, elapsed, latencies))
+
+
+async def _churn(port: int, cfg: dict[str, Any]) -> None:
+    count: int = cfg["count"]
+    start = time.perf_counter()
+    for _ in range(count):
+        stream = net.create_connection(port, HOST)
+        stream.on("connect", functools.partial(stream.write, b"x"))
+        stream.on("data", functools.partial(_end_on_data, stream))
+        async with stream:
+            pass
+    result(cps=count / (time.perf_counter() - start))
+
+
+async def _idle(port: int, cfg: dict[str, Any]) -> None:
+    connections: int = cfg["connections"]
+
+    connected = 0
+    target = 0
+    batch_done = trio.Event()
+
+    def on_connect() -> None:
+        nonlocal connected
+        connected += 1
+        if connected == target:
+            batch_done.set()
+
+    async def hold() -> None:
+        stream = net.create_connection(port, HOST)
+        stream.once("connect", on_connect)
+        async with stream:
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        for done in range(0, connections, IDLE_CONNECT_BATCH):
+            size = min(IDLE_CONNECT_BATCH, connections - done)
+            target, batch_done = done + size, trio.Event()
+            for _ in range(size):
+                nursery.start_soon(hold)
+            await batch_done.wait()
+        say(f"CONNECTED {connected}")
+        hold_then_exit()
+
+
+_KINDS = {"bulk": _bulk, "pingpong": _pingpong, "churn": _churn, "idle": _idle}
