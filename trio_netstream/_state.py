@@ -28,7 +28,9 @@ import enum
 from ._errors import StreamStateError
 
 __all__ = [
+    "CLOSING",
     "CONNECTING",
+    "LIVE",
     "READING_OVER",
     "SENDING_EOF",
     "TRANSITIONS",
@@ -105,6 +107,10 @@ CONNECTING = frozenset({State.OPENING, State.OPENING_ENDED})
 READING_OVER = frozenset({State.CLOSED, State.WRITE_ONLY, State.ENDED, State.DESTROYED})
 #: States in which the connection is up and this side's FIN is due.
 SENDING_EOF = frozenset({State.READ_ONLY, State.ENDED})
+#: States in which the connection is up and not yet closing.
+LIVE = frozenset({State.OPEN, State.READ_ONLY, State.WRITE_ONLY, State.ENDED})
+#: States in which the connection is closing ('close' is pending).
+CLOSING = frozenset({State.ENDED, State.DESTROYED})
 #: States in which set_secure() may start TLS.
 UPGRADABLE = frozenset({State.OPENING, State.OPEN})
 
@@ -146,6 +152,14 @@ class StateMachine:
         return self.state in UPGRADABLE
 
     @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    @property
+    def closing(self) -> bool:
+        return self.state in CLOSING
+
+    @property
     def destroyed(self) -> bool:
         return self.state is State.DESTROYED
 
@@ -171,6 +185,6 @@ class StateMachine:
     def describe(self) -> str:
         """The state for messages: ``'readOnly'``, or ``'closed' (closing)``."""
         text = repr(self.state.ready_state)
-        if self.state in (State.ENDED, State.DESTROYED):
+        if self.state in CLOSING:
             text += " (closing)"
         return text
