@@ -245,7 +245,7 @@ class FlowMachine(RuleBasedStateMachine):
         self.flow.sm.apply(Input.CONNECT)
         self.written = 0
         self.in_flight: list[int] = []  # sizes taken by the writer, not yet sent
-        self.drains = 0
+        self.owed = False  # a write() answered False and no 'drain' came since
         self.ended = False
 
     @rule(size=st.integers(0, 100))
@@ -254,6 +254,7 @@ class FlowMachine(RuleBasedStateMachine):
         if not flow.sm.writable:
             return
         accepted = flow.count_write(size)
+        self.owed = self.owed or not accepted
         self.written += size
         if size:
             flow.enqueue(b"x" * size)
@@ -273,10 +274,9 @@ class FlowMachine(RuleBasedStateMachine):
     @rule()
     def writer_sent(self) -> None:
         size = self.in_flight.pop(0)
-        if self.flow.sent(size) and self.flow.drain_due(True):
-            assert self.flow.allows("drain") or not self.flow.sm.write_ended
-            if self.flow.allows("drain"):
-                self.drains += 1
+        if self.flow.sent(size) and self.flow.drain_due(True) and self.flow.allows("drain"):
+            assert self.owed  # a 'drain' only after a write() that answered False
+            self.owed = False
 
     @rule()
     def end(self) -> None:
@@ -290,6 +290,7 @@ class FlowMachine(RuleBasedStateMachine):
             self.flow.sm.apply(Input.DESTROY)
             self.flow.drop_writes()
             self.in_flight.clear()
+            self.owed = False
 
     @rule(data=st.binary(max_size=8), encoding=st.sampled_from([None, "utf8", "base64"]))
     def receive(self, data: bytes, encoding: str | None) -> None:
