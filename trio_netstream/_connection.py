@@ -173,6 +173,7 @@ class Connection:
     """One connection's Trio side (see the module's docstring)."""
 
     __slots__ = (
+        "accepted",
         "closed",
         "closed_event",
         "destroyed",
@@ -221,6 +222,7 @@ class Connection:
         self.owner = owner
         self.options = options  # the stream's, replaced by set_no_delay()...
         self.target = target  # a _dial.Target, or None for an adopted transport
+        self.accepted = False  # a server accepted it
         self.transport = transport
         # Set while write() may hand bytes to the kernel itself (try-write).
         self.direct = transport if isinstance(transport, SocketTransport) else None
@@ -322,6 +324,8 @@ class Connection:
             self.apply_socket_options(fresh=True)
             flow.sm.apply(Input.CONNECTED)
             self.flushed()  # drain() waits out the connecting
+        elif self.stopped and self.accepted:
+            return False  # destroyed by a 'connection' listener: 'close' is all it emits
         kick_writer(self)  # what was queued while connecting, an early end()
         await self.emit("connect")
         return True

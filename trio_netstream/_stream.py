@@ -148,6 +148,8 @@ class Stream(StreamControls):
         self._server_side = _accepted is not None
         if _accepted is not None:
             self._adopt(_accepted.transport, _accepted.peer, fresh=_accepted.fresh)
+            assert self._conn is not None
+            self._conn.accepted = True
             _accepted.connection = self._conn
 
     @classmethod
