@@ -4,6 +4,7 @@ the Sphinx docs built with warnings as errors."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -68,3 +69,42 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "html" / "index.html").exists()
     assert (tmp_path / "html" / "events.html").exists()
+
+
+PACKAGE = ROOT / "trio_netstream"
+
+
+def _definitions() -> list[tuple[str, int, str, int]]:
+    """Every function and class of the package: (file, line, name, length in
+    lines, from the ``def``/``class`` line to the last line of its body)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                assert node.end_lineno is not None
+                length = node.end_lineno - node.lineno + 1
+                kind = "class " if isinstance(node, ast.ClassDef) else ""
+                where = str(path.relative_to(ROOT))
+                found.append((where, node.lineno, kind + node.name, length))
+    return found
+
+
+def test_no_function_over_60_lines_and_no_class_over_400() -> None:
+    too_long = [
+        f"{where}:{line} {name} ({length} lines)"
+        for where, line, name, length in _definitions()
+        if length > (400 if name.startswith("class ") else 60)
+    ]
+    assert too_long == []
+
+
+def test_no_private_usage_is_suppressed() -> None:
+    """pyright strict (above) reports every use of another class's or
+    module's private name; none may be silenced."""
+    offences = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for number, text in enumerate(path.read_text().splitlines(), 1)
+        if "reportPrivateUsage" in text
+    ]
+    assert offences == []

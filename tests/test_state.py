@@ -25,6 +25,7 @@ PUBLIC = {"closed", "opening", "open", "readOnly", "writeOnly"}
 # Every legal move, written out from the lifecycle in SPEC.md.
 LEGAL = {
     (S.CLOSED, I.CONNECT): S.OPENING,  # connect()
+    (S.CLOSED, I.ADOPT): S.OPEN,  # wrap(), or accepted by a server
     (S.OPENING, I.CONNECTED): S.OPEN,  # 'connect'
     (S.OPENING, I.END): S.OPENING_ENDED,  # end() while connecting
     (S.OPENING, I.DESTROY): S.DESTROYED,  # destroy() / connect failure

@@ -19,28 +19,31 @@ nobody listens for it, is logged: one bad peer cannot bring a server down.
 from __future__ import annotations
 
 import errno
-import inspect
 import logging
 import os
 import socket as _stdlib_socket
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import attrs
 import trio
 
 from ._block import Block
+from ._connection import TASK_NAME
+from ._dial import bind_listener, listener_address
 from ._emitter import EventEmitter
 from ._errors import StreamStateError, TransportError, translate, transport_errors
+from ._handlers import serve_with_handlers, start_handlers
 from ._options import ServerOptions, StreamOptions, check_port, is_path
 from ._socket import SocketTransport
-from ._stream import _TASK_NAME, Stream  # pyright: ignore[reportPrivateUsage]
+from ._stream import Accepted, Stream
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from typing_extensions import Self
+
+    from ._connection import Connection
 
 __all__ = ["Server"]
 
@@ -53,34 +56,43 @@ _RETRY_DELAY = 0.1
 ConnectionListener = Callable[[Stream], object]
 
 
-@types.coroutine
-def _after_first_step(
-    coro: Coroutine[Any, Any, Any], first_step_done: Callable[[], object]
-) -> Generator[Any, Any, Any]:
-    """Run *coro* like ``await coro``, calling *first_step_done* as soon as it
-    first suspends (or finishes), from inside the task that runs it."""
-    try:
-        trap = coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        first_step_done()
-    while True:
-        try:
-            value = yield trap
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                trap = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                trap = coro.send(value)
-            except StopIteration as stop:
-                return stop.value
+def _check_listen_arguments(
+    port: object, host: object, backlog: object, reuse_port: object, sock: object
+) -> None:
+    if isinstance(backlog, bool) or not isinstance(backlog, int):
+        raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
+    if not isinstance(reuse_port, bool):
+        raise TypeError(f"reuse_port must be a bool, not {type(reuse_port).__name__}")
+    if sock is not None:
+        if not isinstance(sock, _stdlib_socket.socket):
+            raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+        if sock.type != _stdlib_socket.SOCK_STREAM:
+            raise ValueError("sock must be a SOCK_STREAM socket")
+    elif not is_path(port):
+        check_port(port, allow_zero=True)
+        if host is not None and not isinstance(host, str):
+            raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+
+
+class _ServerOwner:
+    """The owner of the streams a server accepted: the server's block."""
+
+    __slots__ = ("_done", "_failed")
+
+    def __init__(
+        self, failed: Callable[[BaseException], None], done: Callable[[object], None]
+    ) -> None:
+        self._failed = failed
+        self._done = done
+
+    def listener_failed(self, exc: BaseException) -> None:
+        self._failed(exc)
+
+    def unhandled_error(self, stream: object, exc: BaseException) -> None:
+        logger.error("unhandled 'error' on %r", stream, exc_info=exc)
+
+    def connection_done(self, stream: object) -> None:
+        self._done(stream)
 
 
 class Server(EventEmitter):
@@ -106,6 +118,7 @@ class Server(EventEmitter):
         "_listening",
         "_live_tasks",
         "_options",
+        "_owner",
         "_socket",
         "_tasks_done",
         "_unlink_path",
@@ -125,6 +138,7 @@ class Server(EventEmitter):
         if connection_listener is not None:
             self.on("connection", connection_listener)
         self._block = Block()
+        self._owner = _ServerOwner(self._listener_failed, self._connection_done)
         self._socket: trio.socket.SocketType | None = None
         self._address: tuple[str, int] | str | None = None
         self._unlink_path: str | None = None
@@ -164,12 +178,8 @@ class Server(EventEmitter):
         """Wait until :meth:`close` was called and the server emitted ``'close'``."""
         await self._closed.wait()
 
-    # _Owner, for the streams this server accepted.
     def _listener_failed(self, exc: BaseException) -> None:
         self._block.fail(exc)
-
-    def _unhandled_error(self, stream: Stream, exc: BaseException) -> None:
-        logger.error("unhandled 'error' on %r", stream, exc_info=exc)
 
     # -- listening ---------------------------------------------------------
 
@@ -211,19 +221,7 @@ class Server(EventEmitter):
                 already listening.
             OSError: binding or listening failed.
         """
-        if isinstance(backlog, bool) or not isinstance(backlog, int):
-            raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
-        if not isinstance(reuse_port, bool):
-            raise TypeError(f"reuse_port must be a bool, not {type(reuse_port).__name__}")
-        if sock is not None:
-            if not isinstance(sock, _stdlib_socket.socket):
-                raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
-            if sock.type != _stdlib_socket.SOCK_STREAM:
-                raise ValueError("sock must be a SOCK_STREAM socket")
-        elif not is_path(port):
-            check_port(port, allow_zero=True)
-            if host is not None and not isinstance(host, str):
-                raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+        _check_listen_arguments(port, host, backlog, reuse_port, sock)
         nursery = self._block.nursery
         if nursery is None:
             raise StreamStateError("listen() needs the server's async with block to be running")
@@ -236,87 +234,20 @@ class Server(EventEmitter):
             self._closed = trio.Event()  # listening again after an earlier close()
         try:
             with transport_errors():
-                plain = await self._bind(port, host, backlog, reuse_port, sock)
+                plain = await bind_listener(port, host, backlog, reuse_port, sock)
+            if sock is None and is_path(port):
+                self._unlink_path = os.fspath(cast("str | os.PathLike[str]", port))
         except TransportError as failure:
             self._listening = False
             raise failure.error from None
         except BaseException:
             self._listening = False
             raise
-        self._socket = listener = trio.socket.from_stdlib_socket(plain)
-        self._address = self._read_address(listener)
+        self._socket = trio.socket.from_stdlib_socket(plain)
+        self._address = listener_address(plain)
         # Sockets accepted from a listener made here have the kernel's
         # default options; an adopted listener's may pass on others.
         await nursery.start(self._accept_loop, plain, sock is None)
-
-    async def _bind(
-        self,
-        port: int | str | os.PathLike[str],
-        host: str | None,
-        backlog: int,
-        reuse_port: bool,
-        sock: _stdlib_socket.socket | None,
-    ) -> _stdlib_socket.socket:
-        """A bound, listening, non-blocking stdlib socket (accepted from directly)."""
-        if sock is not None:
-            sock.setblocking(False)
-            if not sock.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN):
-                sock.listen(backlog)
-            return sock
-        if is_path(port):
-            path = os.fspath(cast("str | os.PathLike[str]", port))  # is_path checked it
-            listener = _stdlib_socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
-            listener.setblocking(False)
-            try:
-                listener.bind(path)
-                listener.listen(backlog)
-            except BaseException:
-                listener.close()
-                raise
-            self._unlink_path = path
-            return listener
-        assert isinstance(port, int)
-        if host is None:
-            candidates: list[tuple[Any, ...]] = []
-            if _stdlib_socket.has_ipv6:
-                candidates.append((_stdlib_socket.AF_INET6, ("::", port)))
-            candidates.append((_stdlib_socket.AF_INET, ("0.0.0.0", port)))
-        else:
-            infos = await trio.socket.getaddrinfo(
-                host, port, type=_stdlib_socket.SOCK_STREAM, flags=_stdlib_socket.AI_PASSIVE
-            )
-            candidates = [(family, address) for family, _, _, _, address in infos]
-        last_error: OSError | None = None
-        for family, address in candidates:
-            listener = _stdlib_socket.socket(family, _stdlib_socket.SOCK_STREAM)
-            listener.setblocking(False)
-            try:
-                listener.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
-                if reuse_port:
-                    listener.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
-                if family == _stdlib_socket.AF_INET6 and host is None:
-                    listener.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 0)
-                listener.bind(address)
-                listener.listen(backlog)
-            except OSError as exc:
-                listener.close()
-                last_error = exc
-                if exc.errno == errno.EADDRINUSE:
-                    break  # the port is taken: another family will not help
-                continue
-            except BaseException:
-                listener.close()
-                raise
-            return listener
-        assert last_error is not None
-        raise last_error
-
-    @staticmethod
-    def _read_address(listener: trio.socket.SocketType) -> tuple[str, int] | str:
-        name = listener.getsockname()
-        if listener.family == _stdlib_socket.AF_UNIX:
-            return name if isinstance(name, str) else os.fsdecode(name)
-        return (name[0], name[1])
 
     async def _accept_loop(
         self,
@@ -394,19 +325,21 @@ class Server(EventEmitter):
             transport.close_now()
             return
         try:
-            stream = Stream._for_server(transport, self._options.stream, self, peer, fresh)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+            accepted = Accepted(transport, self._options.stream, self._owner, peer, fresh)
+            stream = Stream(accepted)
+            conn = accepted.connection
+            assert conn is not None
         except BaseException:
             transport.close_now()
             raise
-        conn = stream._conn  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
         nursery = self._block.nursery
-        assert conn is not None and nursery is not None
+        assert nursery is not None
         self._connections.add(stream)
-        self._live_tasks += 1  # the connection's task; _lifecycle_done counts it off
+        self._live_tasks += 1  # the connection's task; connection_done counts it off
         # 'connection' as Node emits it: at once, as the connection is accepted.
         pending: list[Awaitable[object]] = []
         try:
-            pending = self._dispatch_connection(stream)
+            pending = start_handlers(self._take_listeners("connection"), stream)
         except Exception as exc:  # a 'connection' listener raised
             self._listener_failed(exc)
             stream.destroy()
@@ -416,78 +349,36 @@ class Server(EventEmitter):
         finally:  # in every case the connection's task runs: it closes the socket
             if pending:
                 self._live_tasks += 1
-                nursery.start_soon(self._serve_with_handlers, stream, pending)
+                nursery.start_soon(self._serve_with_handlers, conn, pending)
             else:
-                nursery.start_soon(stream._lifecycle, conn, nursery, name=_TASK_NAME)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+                nursery.start_soon(conn.run, nursery, name=TASK_NAME)
 
-    def _lifecycle_done(self, stream: Stream) -> None:
-        self._connections.discard(stream)
+    def _connection_done(self, stream: object) -> None:
+        self._connections.discard(cast(Stream, stream))
         self._task_done()
 
     def _task_done(self) -> None:
         self._live_tasks -= 1
         self._tasks_done.unpark_all()
 
-    async def _serve_with_handlers(self, stream: Stream, pending: list[Awaitable[object]]) -> None:
-        """Run a connection whose async ``'connection'`` listeners are its tasks."""
-        conn = stream._conn  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+    async def _serve_with_handlers(
+        self, conn: Connection, pending: list[Awaitable[object]]
+    ) -> None:
+        """Run a connection whose async ``'connection'`` listeners are its
+        tasks; they end with the block (see :meth:`_shut_down`)."""
         nursery = self._block.nursery
-        assert conn is not None and nursery is not None
-        handlers_scope: trio.CancelScope | None = None
+        assert nursery is not None
         try:
-            async with trio.open_nursery() as handlers:
-                # Async connection listeners end with the block (see _shut_down).
-                handlers_scope = handlers.cancel_scope
-                self._handler_scopes.add(handlers_scope)
-                if self._block.shutting_down:
-                    handlers_scope.cancel()
-                started: list[trio.Event] = []
-                for awaitable in pending:
-                    first_step = trio.Event()
-                    handlers.start_soon(self._run_handler, awaitable, first_step)
-                    started.append(first_step)
-                try:
-                    for first_step in started:
-                        # Async listeners have run up to their first await (and
-                        # so registered their listeners) before 'connect' and 'data'.
-                        await first_step.wait()
-                finally:
-                    # Even when cancelled meanwhile: the lifecycle closes the
-                    # connection, emits its 'close' and counts it off.
-                    await stream._lifecycle(conn, nursery)  # pyright: ignore[reportPrivateUsage]  # Server is Stream's friend
+            await serve_with_handlers(
+                conn,
+                pending,
+                nursery,
+                self._handler_scopes,
+                shutting_down=self._block.shutting_down,
+                failed=self._listener_failed,
+            )
         finally:
-            if handlers_scope is not None:
-                self._handler_scopes.discard(handlers_scope)
             self._task_done()
-
-    def _dispatch_connection(self, stream: Stream) -> list[Awaitable[object]]:
-        """Call the ``'connection'`` listeners in order; return what the async
-        ones returned, to run as the connection's tasks (no nursery is made
-        for a connection without them)."""
-        pending: list[Awaitable[object]] = []
-        try:
-            for listener in self._take_listeners("connection"):
-                result = listener(stream)
-                if result is not None and inspect.isawaitable(result):
-                    pending.append(result)
-        except BaseException:
-            for awaitable in pending:
-                if inspect.iscoroutine(awaitable):
-                    awaitable.close()  # never started: no "never awaited" warning
-            raise
-        return pending
-
-    async def _run_handler(self, pending: Awaitable[object], first_step: trio.Event) -> None:
-        try:
-            if inspect.iscoroutine(pending):
-                await _after_first_step(pending, first_step.set)
-            else:
-                first_step.set()
-                await pending
-        except Exception as exc:
-            self._listener_failed(exc)
-        finally:
-            first_step.set()
 
     # -- closing -------------------------------------------------------------
 

@@ -27,7 +27,20 @@ import enum
 
 from ._errors import StreamStateError
 
-__all__ = ["Input", "State", "StateMachine", "TRANSITIONS"]
+__all__ = [
+    "CLOSING",
+    "CONNECTING",
+    "LIVE",
+    "READING_OVER",
+    "SENDING_EOF",
+    "TRANSITIONS",
+    "UPGRADABLE",
+    "WRITABLE",
+    "WRITE_ENDED",
+    "Input",
+    "State",
+    "StateMachine",
+]
 
 
 class State(enum.Enum):
@@ -56,6 +69,7 @@ class State(enum.Enum):
 class Input(enum.Enum):
     CONNECT = "connect()"  # the user starts a connection
     CONNECTED = "connected"  # the transport is up
+    ADOPT = "adopt"  # an already connected transport (wrap(), a server's accept)
     END = "end()"  # this side ends its writable half
     PEER_END = "peer end"  # the peer's FIN (or close_notify) arrived
     DESTROY = "destroy()"  # destroy(), or a failure
@@ -65,6 +79,7 @@ class Input(enum.Enum):
 #: (state, input) -> next state. A pair that is not here is illegal.
 TRANSITIONS: dict[tuple[State, Input], State] = {
     (State.CLOSED, Input.CONNECT): State.OPENING,
+    (State.CLOSED, Input.ADOPT): State.OPEN,
     (State.OPENING, Input.CONNECTED): State.OPEN,
     (State.OPENING, Input.END): State.OPENING_ENDED,
     (State.OPENING, Input.DESTROY): State.DESTROYED,
@@ -86,6 +101,18 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
 WRITABLE = frozenset({State.OPENING, State.OPEN, State.WRITE_ONLY})
 #: States in which this side has ended (or lost) its writable half.
 WRITE_ENDED = frozenset({State.OPENING_ENDED, State.READ_ONLY, State.ENDED, State.DESTROYED})
+#: States in which the connection is not up yet.
+CONNECTING = frozenset({State.OPENING, State.OPENING_ENDED})
+#: States in which nothing more will be read.
+READING_OVER = frozenset({State.CLOSED, State.WRITE_ONLY, State.ENDED, State.DESTROYED})
+#: States in which the connection is up and this side's FIN is due.
+SENDING_EOF = frozenset({State.READ_ONLY, State.ENDED})
+#: States in which the connection is up and not yet closing.
+LIVE = frozenset({State.OPEN, State.READ_ONLY, State.WRITE_ONLY, State.ENDED})
+#: States in which the connection is closing ('close' is pending).
+CLOSING = frozenset({State.ENDED, State.DESTROYED})
+#: States in which set_secure() may start TLS.
+UPGRADABLE = frozenset({State.OPENING, State.OPEN})
 
 
 class StateMachine:
@@ -99,6 +126,47 @@ class StateMachine:
     @property
     def ready_state(self) -> str:
         return self.state.ready_state
+
+    @property
+    def connecting(self) -> bool:
+        return self.state in CONNECTING
+
+    @property
+    def writable(self) -> bool:
+        return self.state in WRITABLE
+
+    @property
+    def write_ended(self) -> bool:
+        return self.state in WRITE_ENDED
+
+    @property
+    def reading_over(self) -> bool:
+        return self.state in READING_OVER
+
+    @property
+    def sending_eof(self) -> bool:
+        return self.state in SENDING_EOF
+
+    @property
+    def upgradable(self) -> bool:
+        return self.state in UPGRADABLE
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    @property
+    def closing(self) -> bool:
+        return self.state in CLOSING
+
+    @property
+    def destroyed(self) -> bool:
+        return self.state is State.DESTROYED
+
+    @property
+    def half_open(self) -> bool:
+        """The peer ended and this side may still write."""
+        return self.state is State.WRITE_ONLY
 
     def can(self, event: Input) -> bool:
         return (self.state, event) in TRANSITIONS
@@ -117,6 +185,6 @@ class StateMachine:
     def describe(self) -> str:
         """The state for messages: ``'readOnly'``, or ``'closed' (closing)``."""
         text = repr(self.state.ready_state)
-        if self.state in (State.ENDED, State.DESTROYED):
+        if self.state in CLOSING:
             text += " (closing)"
         return text

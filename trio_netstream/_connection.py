@@ -1,0 +1,569 @@
+"""One connection of a stream: its tasks, cancel scopes and transport.
+
+How this works
+--------------
+
+A :class:`Connection` is made by every ``connect()`` (and by adoption:
+``wrap()``, a server's accept), so reconnecting a stream starts clean. It
+owns the connection's Trio side; the rules live in the stream's
+:class:`~trio_netstream._flow.Flow`, which it shares with the stream's sync
+API. Its tasks run in the nursery of the block that owns the stream (the
+stream's own ``async with``, or its server's):
+
+* :meth:`Connection.run`, the **lifecycle**: connect (``_dial``) or adopt,
+  emit ``'connect'``, run the reader (``_reader``) inline, then
+  :meth:`teardown`: close the transport, emit ``'error'`` (if any) and
+  ``'close'``;
+* the **writer** (``_writer``), started when there is something to send;
+* the **timer** (``_timer``), started when ``set_timeout`` is used.
+
+The lifecycle runs in *steps*, each in one cancel scope (:meth:`step`); the
+writer and the timer each run in a scope of their own. A network failure
+(:meth:`fail`) or ``destroy()`` (:meth:`stop`) cancels them all. A
+listener's exception is not a network failure: it goes to the stream's
+*owner* (:class:`Owner`), which cancels its block and re-raises it.
+
+Every event of the connection goes through :meth:`Connection.emit`, which
+asks the flow whether it is allowed (no ``'drain'`` after ``end()``) and
+refuses everything once ``'close'`` was emitted: ``'close'`` is final by
+construction, whatever task is still unwinding. Emission is ordered and
+never concurrent (:class:`Outlet`).
+"""
+
+from __future__ import annotations
+
+import socket as _stdlib_socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import trio
+
+from ._dial import open_transport, set_socket_options
+from ._errors import StreamStateError, TransportError, translate
+from ._reader import deliver, end_of_input, read_session, secure, settle
+from ._socket import SocketTransport
+from ._state import Input
+from ._timer import start_timer
+from ._writer import kick_writer, wait_writer_finished
+
+if TYPE_CHECKING:
+    from ._emitter import EventEmitter
+    from ._feed import Feed
+    from ._flow import Flow
+    from ._options import StreamOptions
+    from ._timer import Timer
+    from ._tls import TLSTransport, Verification
+    from ._writer import Writer
+
+__all__ = ["TASK_NAME", "Connection", "Outlet", "Owner", "Upgrade", "plain_socket"]
+
+_INET = (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6)
+
+# The name of a connection's Trio tasks (a constant: Trio would otherwise
+# build one from the function's name for every task).
+TASK_NAME = "trio_netstream connection"
+
+
+class Owner(Protocol):
+    """Who a stream reports to: its own ``async with`` block, or its server."""
+
+    def listener_failed(self, exc: BaseException) -> None:
+        """A listener raised: cancel the owner's block and re-raise *exc* from it."""
+
+    def unhandled_error(self, stream: object, exc: BaseException) -> None:
+        """An ``'error'`` nobody listened to."""
+
+    def connection_done(self, stream: object) -> None:
+        """The connection's lifecycle has ended (after ``'close'``)."""
+
+
+class Host(Protocol):
+    """What a connection needs of its stream besides the flow."""
+
+    def end(self) -> object: ...
+
+
+@attrs.define(eq=False, slots=True)
+class Upgrade:
+    """A requested TLS upgrade (``set_secure()`` or the ``ssl`` option)."""
+
+    context: ssl.SSLContext
+    server_side: bool
+    server_hostname: str | None
+    reject_unauthorized: bool
+    writer_ready: trio.Event = attrs.Factory(trio.Event)
+    done: trio.Event = attrs.Factory(trio.Event)
+    tls: TLSTransport | None = None  # once the handshake completed
+    verification: Verification | None = None
+
+
+class Outlet:
+    """Where a stream's events and chunks go: its listeners, one emission at
+    a time (an async listener holds the others back), and the ``async for``
+    feed. One per stream, shared by its successive connections."""
+
+    __slots__ = ("emitter", "feed", "lock")
+
+    def __init__(self, emitter: EventEmitter) -> None:
+        self.emitter = emitter
+        self.lock: trio.Lock | None = None  # made at the first async listener
+        self.feed: Feed | None = None
+
+    @property
+    def free(self) -> bool:
+        """No async listener is running: an emission may start at once."""
+        return self.lock is None or not self.lock.locked()
+
+    async def emit(self, event: str, args: tuple[object, ...], allowed: Callable[[], bool]) -> None:
+        """Emit *event* after any async listener still running, if *allowed*
+        (asked again after the wait)."""
+        lock = self.lock
+        if lock is not None and lock.locked():
+            async with lock:
+                if allowed():
+                    pending = self.emitter.emit(event, *args)
+                    if pending is not None:
+                        await pending
+            return
+        pending = self.emitter.emit(event, *args)
+        if pending is not None:
+            await self.finish(pending)
+
+    async def finish(self, pending: Awaitable[None]) -> None:
+        """Await the async rest of an emission, keeping other emitters out."""
+        lock = self.lock
+        if lock is None:
+            lock = self.lock = trio.Lock()
+        lock.acquire_nowait()
+        try:
+            await pending
+        finally:
+            lock.release()
+
+    def has_consumer(self) -> bool:
+        """A ``'data'`` listener or a live ``async for`` takes chunks."""
+        feed = self.feed
+        return self.emitter.listener_count("data") > 0 or (feed is not None and feed.alive)
+
+
+def _descends_from(task: trio.lowlevel.Task | None, ancestor: trio.lowlevel.Task | None) -> bool:
+    """Whether *task* is *ancestor* or was started in a nursery it opened."""
+    if ancestor is None:
+        return False
+    while task is not None:
+        if task is ancestor:
+            return True
+        nursery = task.parent_nursery
+        task = None if nursery is None else nursery.parent_task
+    return False
+
+
+def plain_socket(transport: object) -> Any:
+    """The socket under *transport* for options and addresses (the stdlib one
+    of our own transport, so no Trio wrapper is made), or ``None``."""
+    raw = getattr(transport, "raw", transport)  # under TLS
+    if isinstance(raw, SocketTransport):
+        return raw.plain
+    return getattr(raw, "socket", None)  # e.g. a wrapped trio.SocketStream
+
+
+class Connection:
+    """One connection's Trio side (see the module's docstring)."""
+
+    __slots__ = (
+        "accepted",
+        "closed",
+        "closed_event",
+        "destroyed",
+        "direct",
+        "error",
+        "flow",
+        "flushed_lot",
+        "host",
+        "in_receive",
+        "local",
+        "local_unread",
+        "options",
+        "outlet",
+        "over",
+        "owner",
+        "peer",
+        "read_stopped",
+        "reader_task",
+        "resume_lot",
+        "scopes",
+        "step_scope",
+        "stopped",
+        "target",
+        "task_nursery",
+        "timer",
+        "transport",
+        "upgrade",
+        "writer",
+        "wrote_eof",
+    )
+
+    def __init__(
+        self,
+        host: Host,
+        flow: Flow,
+        outlet: Outlet,
+        owner: Owner,
+        options: StreamOptions,
+        *,
+        target: Any = None,
+        transport: trio.abc.Stream | None = None,
+    ) -> None:
+        self.host = host
+        self.flow = flow
+        self.outlet = outlet
+        self.owner = owner
+        self.options = options  # the stream's, replaced by set_no_delay()...
+        self.target = target  # a _dial.Target, or None for an adopted transport
+        self.accepted = False  # a server accepted it
+        self.transport = transport
+        # Set while write() may hand bytes to the kernel itself (try-write).
+        self.direct = transport if isinstance(transport, SocketTransport) else None
+        self.upgrade: Upgrade | None = None
+        self.error: BaseException | None = None
+        self.destroyed = False  # destroy() without an error
+        self.stopped = False  # destroy() or a failure: the I/O is cancelled
+        self.over = False  # 'close' is being emitted: nothing more is
+        self.closed = False  # 'close' was emitted (its listeners returned)
+        self.wrote_eof = False
+        self.read_stopped = False
+        self.in_receive = False  # blocked in receive_some(), under step_scope
+        self.task_nursery: trio.Nursery | None = None
+        self.reader_task: trio.lowlevel.Task | None = None  # the lifecycle's
+        self.step_scope: trio.CancelScope | None = None
+        self.scopes: list[trio.CancelScope] = []
+        # Made when first needed: an idle connection carries none of them.
+        self.writer: Writer | None = None
+        self.timer: Timer | None = None
+        self.resume_lot: trio.lowlevel.ParkingLot | None = None
+        self.flushed_lot: trio.lowlevel.ParkingLot | None = None
+        self.closed_event: trio.Event | None = None
+        self.peer: tuple[str | None, int | None, str | None] = (None, None, None)
+        self.local: tuple[str | None, int | None] = (None, None)
+        self.local_unread = False  # getsockname() is called when first needed
+
+    # -- the lifecycle ---------------------------------------------------
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Run the connection from connect (or adoption) to ``'close'``.
+
+        *nursery* is the one this task runs in (the stream's block, or the
+        server's); the writer and the timer are started there too. A
+        connection costs no nursery. The lifecycle runs in steps
+        (:meth:`step`); usually one step lasts the whole connection, so an
+        idle connection costs one cancel scope. :meth:`wake_reader` cancels
+        the step only while the reader is blocked in ``receive_some``, where
+        Trio guarantees that nothing was consumed; the next step picks up
+        where it stopped, delivering first a chunk that was received just as
+        the scope was cancelled.
+        """
+        self.task_nursery = nursery
+        self.reader_task = trio.lowlevel.current_task()
+        try:
+            await self._steps()
+        except TransportError as failure:
+            self.fail(failure.error)
+        except Exception as exc:  # a listener raised
+            self.owner.listener_failed(exc)
+        finally:
+            self.task_nursery = None
+            for task_scope in self.scopes:
+                task_scope.cancel()  # the timer, if any (and the writer, if destroyed)
+            try:
+                await self.teardown()
+            finally:
+                self.owner.connection_done(self.host)
+
+    async def _steps(self) -> None:
+        started, eof, held = False, False, None
+        while not (started and self.stopped):
+            with self.step() as scope:
+                if not started:
+                    started = True
+                    if not await self._start():
+                        return
+                if held is not None:
+                    chunk, held = held, None
+                    await settle(self, "data")
+                    await deliver(self, chunk)
+                while not (eof or scope.cancel_called):
+                    upgrade = self.upgrade
+                    if upgrade is not None and not upgrade.done.is_set():
+                        await secure(self, upgrade)
+                    eof, held = await read_session(self, scope)
+                if scope.cancel_called:
+                    continue  # woken (or stopped): the rest in a fresh step
+                if not self.read_stopped:  # no FIN came from the peer: no 'end'
+                    await end_of_input(self)
+                # The writable side ends with end(): the writer (started
+                # then if not before) sends what is queued, then the EOF.
+                await wait_writer_finished(self)
+                return
+
+    async def _start(self) -> bool:
+        """Connect (unless adopted), start the writer's queued work and the
+        timer, emit ``'connect'``; ``False`` if destroyed meanwhile."""
+        flow = self.flow
+        flow.last_activity = trio.current_time()
+        if flow.idle_period:
+            start_timer(self)
+        if self.transport is None:
+            self.transport, peer = await open_transport(self.target)
+            if self.stopped:
+                return False  # destroyed as the connection came up: teardown closes it
+            if self.upgrade is None:
+                self.direct = self.transport
+            self.note_addresses(peer)
+            self.apply_socket_options(fresh=True)
+            flow.sm.apply(Input.CONNECTED)
+            self.flushed()  # drain() waits out the connecting
+        elif self.stopped and self.accepted:
+            return False  # destroyed by a 'connection' listener: 'close' is all it emits
+        kick_writer(self)  # what was queued while connecting, an early end()
+        await self.emit("connect")
+        return True
+
+    async def teardown(self) -> None:
+        """Close the transport, then emit ``'error'`` (if any) and ``'close'``."""
+        sm = self.flow.sm
+        if not sm.closing:
+            sm.apply(Input.DESTROY)
+        self.flow.drop_writes()
+        self.flushed()
+        self.direct = None
+        self.local_address()  # it stays readable after 'close'
+        transport, self.transport = self.transport, None
+        if isinstance(transport, SocketTransport):
+            transport.close_now()  # no need to wait: 'close' follows at once
+        elif transport is not None:
+            # Shielded and bounded: also when the owner's scope is cancelled,
+            # the transport closes and 'close' is emitted below.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(transport)
+        error = self.error
+        unhandled = False
+        try:
+            if error is not None:
+                feed = self.outlet.feed
+                handled_by_iterator = feed is not None and feed.finish(error)
+                if self.listens("error"):
+                    await self.emit_final("error", error)
+                elif not handled_by_iterator:
+                    unhandled = True
+            elif self.outlet.feed is not None:
+                self.outlet.feed.finish(None)
+        finally:
+            await self._close(error, unhandled)
+
+    async def _close(self, error: BaseException | None, unhandled: bool) -> None:
+        """``'close'``, the last event: even when an async ``'error'``
+        listener was cancelled."""
+        self.flow.sm.apply(Input.CLOSED)
+        self.over = True  # from here on, the connection's tasks emit nothing
+        try:
+            await self.emit_final("close", error is not None)
+        finally:
+            self.closed = True
+            if self.closed_event is not None:
+                self.closed_event.set()
+            if unhandled:
+                assert error is not None
+                self.owner.unhandled_error(self.host, error)
+
+    # -- emission ------------------------------------------------------
+
+    def listens(self, event: str) -> bool:
+        return self.outlet.emitter.listener_count(event) > 0
+
+    def allowed(self, event: str) -> bool:
+        """Whether the connection's tasks may emit *event* now: nothing once
+        ``'close'`` came, and the flow's rules."""
+        return not self.over and self.flow.allows(event)
+
+    async def emit(self, event: str, *args: object) -> None:
+        """Emit *event* of this connection; refused after ``'close'`` (and
+        ``'drain'`` after ``end()``), also when that came while an async
+        listener held the emission back."""
+        if self.allowed(event):
+            await self.outlet.emit(event, args, lambda: self.allowed(event))
+
+    async def emit_final(self, event: str, *args: object) -> None:
+        """Emit ``'error'`` / ``'close'``: a listener's exception goes to the owner."""
+        try:
+            await self.outlet.emit(event, args, lambda: True)
+        except Exception as exc:
+            self.owner.listener_failed(exc)
+
+    # -- cancellation --------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop the connection's I/O (``destroy()`` or a failure)."""
+        self.stopped = True
+        self.direct = None
+        if self.step_scope is not None:
+            self.step_scope.cancel()
+        for scope in self.scopes:
+            scope.cancel()
+
+    def step(self) -> trio.CancelScope:
+        """The cancel scope of the lifecycle's next step, which :meth:`stop`
+        cancels (at once, if the I/O is already stopped)."""
+        scope = trio.CancelScope()
+        if self.stopped:
+            scope.cancel()
+        self.step_scope = scope
+        return scope
+
+    def fail(self, error: BaseException) -> None:
+        """Record a network failure (the first one wins) and stop the I/O."""
+        if isinstance(error, BrokenPipeError):
+            raw = getattr(self.transport, "raw", self.transport)
+            if isinstance(raw, SocketTransport):
+                reset = raw.reset_error()
+                if reset is not None:
+                    error = translate(reset)  # what Node reports: its read sees the reset
+        if self.error is None and not self.destroyed:
+            self.error = error
+            if not self.flow.sm.destroyed:
+                self.flow.sm.apply(Input.DESTROY)
+        self.flow.drop_writes()
+        self.stop()
+        self.flushed()
+
+    # -- tasks -----------------------------------------------------------
+
+    def start_task(self, fn: Callable[[Connection], Awaitable[None]]) -> bool:
+        """Start one of the connection's tasks (writer, timer) under its own
+        cancel scope; ``False`` if the connection is finishing."""
+        nursery = self.task_nursery
+        if nursery is None or self.stopped:
+            return False
+        scope = trio.CancelScope()
+        try:
+            nursery.start_soon(self._scoped, fn, scope, name=TASK_NAME)
+        except RuntimeError:  # the nursery is closing
+            return False
+        self.scopes.append(scope)
+        return True
+
+    async def _scoped(
+        self, fn: Callable[[Connection], Awaitable[None]], scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            await self.guarded(fn(self))
+
+    async def guarded(self, work: Awaitable[None]) -> None:
+        """Run *work*: a network failure fails the connection, a listener's
+        exception goes to the owner."""
+        try:
+            await work
+        except TransportError as failure:
+            self.fail(failure.error)
+        except Exception as exc:  # a listener raised
+            self.owner.listener_failed(exc)
+
+    # -- waking and waiting ------------------------------------------------
+
+    def flushed(self) -> None:
+        """Wake ``drain()`` waiters."""
+        if self.flushed_lot is not None:
+            self.flushed_lot.unpark_all()
+
+    async def wait_flushed(self) -> None:
+        if self.flushed_lot is None:
+            self.flushed_lot = trio.lowlevel.ParkingLot()
+        await self.flushed_lot.park()
+
+    def check_drain_may_wait(self) -> None:
+        """Raise :class:`StreamStateError` where ``drain()`` would wait for
+        itself: in the writer's own ``'drain'`` listener (or a task it
+        started), the writer waits for that listener; and while a TLS
+        upgrade is pending, in the lifecycle's own listener (``'connect'``,
+        ``'data'``) or a task it started, the handshake waits for it."""
+        task = trio.lowlevel.current_task()
+        writer = self.writer
+        if writer is not None and _descends_from(task, writer.task):
+            raise StreamStateError(
+                "drain() in an async 'drain' listener cannot wait: the writer that"
+                " would flush the queue is waiting for this listener to return"
+            )
+        upgrade = self.upgrade
+        handshaking = upgrade is not None and not upgrade.done.is_set()
+        if handshaking and self.flow.queued and _descends_from(task, self.reader_task):
+            raise StreamStateError(
+                "drain() cannot wait here: the bytes written after set_secure() wait"
+                " for the TLS handshake, which waits for this listener to return"
+            )
+
+    async def wait_closed(self) -> None:
+        if not self.closed:
+            if self.closed_event is None:
+                self.closed_event = trio.Event()
+            await self.closed_event.wait()
+
+    async def park_reader(self) -> None:
+        if self.resume_lot is None:
+            self.resume_lot = trio.lowlevel.ParkingLot()
+        await self.resume_lot.park()
+
+    async def wait_resumed(self) -> None:
+        while self.flow.paused:
+            await self.park_reader()
+
+    def wake_reader(self, *, upgrade: bool = False) -> None:
+        """A consumer arrived, the stream resumed, or TLS starts: let the
+        reader go on. A receive is interrupted only on a plaintext transport
+        (interrupting a TLS read could lose a record)."""
+        if self.resume_lot is not None:
+            self.resume_lot.unpark_all()
+        if (
+            self.in_receive
+            and self.step_scope is not None
+            and (self.upgrade is None or self.upgrade.tls is None)
+            and (upgrade or self.flow.kept)
+        ):
+            self.step_scope.cancel()
+
+    # -- addresses -----------------------------------------------------------
+
+    def note_addresses(self, peer: Any = None) -> None:
+        """Record the peer's address at once (*peer*, from ``accept()`` or
+        ``connect()``, or ``getpeername()``, which fails after a reset); the
+        local one is read when first asked for, or at the latest at teardown."""
+        sock = plain_socket(self.transport)
+        if sock is None or sock.family not in _INET:
+            return
+        family = "IPv6" if sock.family == _stdlib_socket.AF_INET6 else "IPv4"
+        if peer is None:
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                return
+        self.peer = (peer[0], peer[1], family)
+        self.local_unread = True
+
+    def local_address(self) -> tuple[str | None, int | None]:
+        if self.local_unread:
+            self.local_unread = False
+            sock = plain_socket(self.transport)
+            if sock is not None:
+                try:
+                    local = sock.getsockname()
+                except OSError:  # closed under us
+                    pass
+                else:
+                    self.local = (local[0], local[1])
+        return self.local
+
+    def apply_socket_options(self, *, fresh: bool = False) -> None:
+        """Apply the stream's socket options (``_dial.set_socket_options``)."""
+        sock = plain_socket(self.transport)
+        if sock is not None and sock.family in _INET:
+            set_socket_options(sock, self.options, fresh=fresh)

@@ -1,0 +1,209 @@
+"""The calls that change how a stream behaves: pause, encoding, timeouts,
+socket options and the TLS upgrade.
+
+:class:`StreamControls` is the middle layer of the
+:class:`~trio_netstream.Stream` facade: each call checks its arguments,
+changes the stream's flow or its connection, and wakes the connection's
+tasks; none emits an event.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import attrs
+
+from ._connection import Connection, Upgrade
+from ._errors import StreamStateError
+from ._options import check_number, check_timeout_ms
+from ._properties import StreamProperties
+from ._timer import replan
+from ._tls import default_client_context
+from ._writer import kick_writer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["StreamControls"]
+
+NoArgListener = Callable[[], object]
+
+
+def _check_tls_arguments(
+    context: object, server_side: object, server_hostname: object, reject_unauthorized: object
+) -> None:
+    if context is not None and not isinstance(context, ssl.SSLContext):
+        raise TypeError(f"context must be an ssl.SSLContext, not {type(context).__name__}")
+    if server_side is not None and not isinstance(server_side, bool):
+        raise TypeError(f"server_side must be a bool, not {type(server_side).__name__}")
+    if server_hostname is not None and not isinstance(server_hostname, str):
+        raise TypeError(f"server_hostname must be a str, not {type(server_hostname).__name__}")
+    if not isinstance(reject_unauthorized, bool):
+        raise TypeError(
+            f"reject_unauthorized must be a bool, not {type(reject_unauthorized).__name__}"
+        )
+
+
+class StreamControls(StreamProperties):
+    """Pausing, encodings, timeouts, socket options and TLS (see
+    :class:`~trio_netstream.Stream`)."""
+
+    __slots__ = ()
+
+    def _secure_from_first_byte(self, conn: Connection) -> None:
+        """The ``ssl`` option: TLS starts as soon as the connection is up."""
+        option = self._options.ssl
+        if option is None or option is False:
+            return
+        if option is True:
+            if self._server_side:
+                raise ValueError("ssl=True is a client option; a server needs an ssl.SSLContext")
+            context = default_client_context()
+        else:
+            context = cast(ssl.SSLContext, option)  # StreamOptions checked the type
+        hostname = self._options.server_hostname
+        if hostname is None and not self._server_side and conn.target is not None:
+            hostname = conn.target.hostname
+        conn.upgrade = Upgrade(context, self._server_side, hostname, True)
+        conn.direct = None
+
+    # -- TLS -------------------------------------------------------------------
+
+    def set_secure(
+        self,
+        context: ssl.SSLContext | None = None,
+        *,
+        server_side: bool | None = None,
+        server_hostname: str | None = None,
+        reject_unauthorized: bool = True,
+    ) -> None:
+        """Upgrade this live stream to TLS (STARTTLS); ``'secure'`` follows.
+
+        Bytes written before the call go out in plaintext first, then the
+        handshake; bytes written after it are encrypted. Everything read
+        from the socket before the call is plaintext and is delivered as
+        ``'data'`` before ``'secure'``; only bytes read after the call go
+        to TLS. A failed handshake gives ``'error'`` then ``'close'(True)``.
+
+        Args:
+            context: the ``ssl.SSLContext``; default: a client context from
+                ``ssl.create_default_context()``. A server side needs one
+                with its certificate; one that holds CA certificates
+                requests a client certificate.
+            server_side: default ``True`` for a stream a server accepted.
+            server_hostname: the name to verify (and send as SNI); default:
+                the host this stream connected to.
+            reject_unauthorized: ``False`` lets the handshake complete with a
+                peer that does not verify (client side); see
+                :meth:`verify_peer` and :attr:`authorization_error`.
+
+        Raises:
+            TypeError, ValueError: bad arguments.
+            StreamStateError: the stream is not open, or is already secure.
+        """
+        _check_tls_arguments(context, server_side, server_hostname, reject_unauthorized)
+        side = self._server_side if server_side is None else server_side
+        if side and context is None:
+            raise ValueError(
+                "a server-side set_secure() needs an ssl.SSLContext with a certificate"
+            )
+        conn = self._conn
+        sm = self._flow.sm
+        if conn is None or not sm.upgradable:
+            raise StreamStateError(f"set_secure() is not allowed: the stream is {sm.describe()}")
+        if conn.upgrade is not None:
+            raise StreamStateError("set_secure() is not allowed: the stream is already secure")
+        if server_hostname is None and not side and conn.target is not None:
+            server_hostname = conn.target.hostname
+        conn.upgrade = Upgrade(
+            context or default_client_context(), side, server_hostname, reject_unauthorized
+        )
+        conn.direct = None
+        self._flow.set_plaintext_aside()
+        kick_writer(conn)
+        conn.wake_reader(upgrade=True)
+
+    # -- reading ---------------------------------------------------------------
+
+    def pause(self) -> Self:
+        """Stop ``'data'``: the socket is not read until :meth:`resume`."""
+        self._flow.paused = True
+        return self
+
+    def resume(self) -> Self:
+        """Restart ``'data'`` after :meth:`pause`."""
+        self._flow.paused = False
+        self._wake_reader()
+        return self
+
+    def _wake_reader(self) -> None:
+        if self._conn is not None:
+            self._conn.wake_reader()
+
+    def set_encoding(self, encoding: str | None = None) -> Self:
+        """Deliver ``'data'`` as ``str`` decoded with *encoding* (``None``: bytes).
+
+        Chunks kept for a consumer that has not come yet come in the new
+        encoding too, as Node's ``setEncoding()`` converts its buffer.
+
+        Raises:
+            TypeError: *encoding* is not a str or None.
+            ValueError: unknown encoding.
+        """
+        self._flow.set_encoding(encoding)
+        return self
+
+    # -- timers and socket options ------------------------------------------------
+
+    def set_timeout(self, ms: float, callback: NoArgListener | None = None) -> Self:
+        """Emit ``'timeout'`` after *ms* milliseconds without reading or writing.
+
+        ``0`` disables it. The stream is not closed by a timeout. *callback*
+        is added as a ``once('timeout')`` listener. Starts a new idle period.
+
+        Raises:
+            TypeError: *ms* is not a number, or *callback* is not callable.
+            ValueError: *ms* is negative, infinite or NaN.
+        """
+        period = check_timeout_ms(ms) / 1000
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        self._flow.idle_period = period
+        if callback is not None:
+            self.once("timeout", callback)
+        conn = self._conn
+        if conn is not None and conn.task_nursery is not None:
+            replan(conn)
+        return self
+
+    def set_no_delay(self, no_delay: bool = True) -> Self:
+        """Disable (``True``) or enable Nagle's algorithm, now or on connect."""
+        if not isinstance(no_delay, bool):
+            raise TypeError(f"no_delay must be a bool, not {type(no_delay).__name__}")
+        self._set_options(no_delay=no_delay)
+        return self
+
+    def set_keep_alive(self, enable: bool = False, initial_delay: float = 0) -> Self:
+        """Enable TCP keep-alive with *initial_delay* ms of idle time, now or on connect."""
+        if not isinstance(enable, bool):
+            raise TypeError(f"enable must be a bool, not {type(enable).__name__}")
+        check_number("initial_delay", initial_delay)
+        self._set_options(keep_alive=enable, keep_alive_initial_delay=initial_delay)
+        return self
+
+    def _set_options(self, **changes: Any) -> None:
+        self._options = attrs.evolve(self._options, **changes)
+        conn = self._conn
+        if conn is not None:
+            conn.options = self._options
+            conn.apply_socket_options()
+
+    # -- Node names --------------------------------------------------------------
+
+    setEncoding = set_encoding
+    setTimeout = set_timeout
+    setNoDelay = set_no_delay
+    setKeepAlive = set_keep_alive
+    setSecure = set_secure

@@ -1,0 +1,237 @@
+"""Dialing and binding: where to connect or listen, and the sockets for it.
+
+Both sides of the library resolve addresses and make sockets here:
+:func:`open_transport` for a stream's ``connect()`` (TCP or a UNIX path),
+:func:`bind_listener` for a server's ``listen()``. The address policy
+(which candidates, in which order) is kept in small pure functions apart
+from the I/O: :func:`numeric_candidates` answers IP literals without a
+checkpoint or a resolver call.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import socket as _stdlib_socket
+from typing import TYPE_CHECKING, Any, cast
+
+import attrs
+import trio
+
+from ._errors import TransportError, translate, transport_errors
+from ._options import is_path
+from ._socket import SocketTransport, connect
+
+if TYPE_CHECKING:
+    from ._options import StreamOptions
+
+__all__ = [
+    "Target",
+    "bind_listener",
+    "listener_address",
+    "numeric_candidates",
+    "open_transport",
+    "set_socket_options",
+]
+
+Candidate = tuple[int, int, int, Any]  # family, type, proto, address
+
+
+@attrs.define(eq=False)
+class Target:
+    """Where to connect: a TCP host and port, or a UNIX socket path."""
+
+    port: int | None = None
+    host: str = "127.0.0.1"
+    path: str | None = None
+
+    @property
+    def hostname(self) -> str | None:
+        """The name to verify over TLS: the host, or ``None`` for a UNIX path."""
+        return self.host if self.path is None else None
+
+
+def numeric_candidates(host: str, port: int | None) -> list[Candidate] | None:
+    """Where to connect for an IP literal, without a checkpoint; ``None`` for a name."""
+    for family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+        try:  # the common literals, without getaddrinfo()
+            packed = _stdlib_socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        address = _stdlib_socket.inet_ntop(family, packed)  # as getaddrinfo() spells it
+        where = (address, port) if family == _stdlib_socket.AF_INET else (address, port, 0, 0)
+        return [(family, _stdlib_socket.SOCK_STREAM, _stdlib_socket.IPPROTO_TCP, where)]
+    try:  # the rest: "127.1", scoped IPv6 ("fe80::1%eth0")
+        infos = _stdlib_socket.getaddrinfo(
+            host, port, type=_stdlib_socket.SOCK_STREAM, flags=_stdlib_socket.AI_NUMERICHOST
+        )
+    except (_stdlib_socket.gaierror, UnicodeError):
+        return None
+    return [(family, kind, proto, address) for family, kind, proto, _, address in infos]
+
+
+async def resolve(target: Target) -> list[Candidate]:
+    """Every address to try for *target*, in the resolver's order.
+
+    Raises:
+        TransportError: the name did not resolve (``socket.gaierror``).
+    """
+    if target.path is not None:
+        return [(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM, 0, target.path)]
+    numeric = numeric_candidates(target.host, target.port)
+    if numeric is not None:
+        return numeric
+    with transport_errors():
+        try:
+            infos = await trio.socket.getaddrinfo(
+                target.host, target.port, type=_stdlib_socket.SOCK_STREAM
+            )
+        except UnicodeError as exc:  # not a valid host name (IDNA): not found
+            raise _stdlib_socket.gaierror(
+                _stdlib_socket.EAI_NONAME, f"invalid host name {target.host!r}: {exc}"
+            ) from exc
+    return [(family, kind, proto, addr) for family, kind, proto, _, addr in infos]
+
+
+async def open_transport(target: Target) -> tuple[SocketTransport, Any]:
+    """A connected transport to *target*, and the address it reached: each
+    candidate in turn, until one connects.
+
+    Raises:
+        TransportError: every candidate failed (the last failure).
+    """
+    last_error: BaseException | None = None
+    for family, kind, proto, address in await resolve(target):
+        try:
+            plain = _stdlib_socket.socket(family, kind, proto)
+        except OSError as exc:  # EMFILE, or a family this host lacks
+            last_error = TransportError(translate(exc))
+            continue
+        plain.setblocking(False)
+        try:
+            await connect(plain, address)
+        except OSError as exc:
+            plain.close()
+            last_error = TransportError(translate(exc))
+            continue
+        except BaseException:
+            plain.close()
+            raise
+        return SocketTransport(plain), address
+    assert last_error is not None
+    raise last_error
+
+
+def _listen_unix(path: str, backlog: int) -> _stdlib_socket.socket:
+    listener = _stdlib_socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
+    listener.setblocking(False)
+    try:
+        listener.bind(path)
+        listener.listen(backlog)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def _listen_tcp(
+    family: int, address: Any, backlog: int, *, reuse_port: bool, dual_stack: bool
+) -> _stdlib_socket.socket:
+    listener = _stdlib_socket.socket(family, _stdlib_socket.SOCK_STREAM)
+    listener.setblocking(False)
+    try:
+        listener.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            listener.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
+        if family == _stdlib_socket.AF_INET6 and dual_stack:
+            listener.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 0)
+        listener.bind(address)
+        listener.listen(backlog)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+async def _passive_candidates(host: str | None, port: int) -> list[tuple[int, Any]]:
+    """Where to listen: every address (IPv6 first, dual stack) or *host*'s."""
+    if host is None:
+        candidates: list[tuple[int, Any]] = []
+        if _stdlib_socket.has_ipv6:
+            candidates.append((_stdlib_socket.AF_INET6, ("::", port)))
+        candidates.append((_stdlib_socket.AF_INET, ("0.0.0.0", port)))
+        return candidates
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=_stdlib_socket.SOCK_STREAM, flags=_stdlib_socket.AI_PASSIVE
+    )
+    return [(family, address) for family, _, _, _, address in infos]
+
+
+async def bind_listener(
+    port: int | str | os.PathLike[str],
+    host: str | None,
+    backlog: int,
+    reuse_port: bool,
+    sock: _stdlib_socket.socket | None,
+) -> _stdlib_socket.socket:
+    """A bound, listening, non-blocking stdlib socket (accepted from directly):
+    *sock* adopted, a UNIX path, or the first TCP candidate that binds.
+
+    Raises:
+        OSError: binding or listening failed (``EADDRINUSE``...).
+    """
+    if sock is not None:
+        sock.setblocking(False)
+        if not sock.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN):
+            sock.listen(backlog)
+        return sock
+    if is_path(port):
+        return _listen_unix(os.fspath(cast("str | os.PathLike[str]", port)), backlog)
+    assert isinstance(port, int)
+    last_error: OSError | None = None
+    for family, address in await _passive_candidates(host, port):
+        try:
+            return _listen_tcp(
+                family, address, backlog, reuse_port=reuse_port, dual_stack=host is None
+            )
+        except OSError as exc:
+            last_error = exc
+            if exc.errno == errno.EADDRINUSE:
+                break  # the port is taken: another family will not help
+    assert last_error is not None
+    raise last_error
+
+
+def listener_address(listener: _stdlib_socket.socket) -> tuple[str, int] | str:
+    """A listening socket's address as ``server.address()`` gives it."""
+    name = listener.getsockname()
+    if listener.family == _stdlib_socket.AF_UNIX:
+        return name if isinstance(name, str) else os.fsdecode(name)
+    return (name[0], name[1])
+
+
+def set_socket_options(
+    sock: _stdlib_socket.socket, options: StreamOptions, *, fresh: bool = False
+) -> None:
+    """Set ``no_delay`` and ``keep_alive`` on a TCP socket; on a *fresh* one
+    (connected or accepted here, so with the kernel's defaults: Nagle on,
+    no keep-alive) only what differs from the defaults."""
+    try:
+        if options.no_delay or not fresh:
+            sock.setsockopt(
+                _stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, options.no_delay
+            )
+        if options.keep_alive or not fresh:
+            sock.setsockopt(
+                _stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, options.keep_alive
+            )
+        if (
+            options.keep_alive
+            and options.keep_alive_initial_delay > 0
+            and hasattr(_stdlib_socket, "TCP_KEEPIDLE")
+        ):
+            seconds = max(1, math.ceil(options.keep_alive_initial_delay / 1000))
+            sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_KEEPIDLE, seconds)
+    except OSError:  # the socket is already closed; the option applies on connect
+        pass

@@ -1,0 +1,291 @@
+"""The flow core: Node's backpressure and ordering rules, with no I/O.
+
+How this works
+--------------
+
+One :class:`Flow` per stream holds, as plain data, everything the stream's
+sync API (``write``, ``end``, ``pause``, ``set_encoding``...) and its
+connection's tasks share: the ready state (a
+:class:`~trio_netstream._state.StateMachine`), the write queue and its
+accounting (queued bytes, the high-water mark, the *owed drain*, the
+writer's *step* budget), the read side (paused, the *kept chunks* waiting
+for a consumer, the decoder and its *carry*), the byte counters and the
+idle-timeout figures. It does no I/O and never waits: the Trio pumps
+around it (``_reader``, ``_writer``, ``_timer``, driven by
+``_connection``) ask it what is due, do the I/O, and await the listeners.
+
+The rules that order a connection's events are written here once:
+
+* **The owed drain.** A ``write()`` that returned ``False`` owes a
+  ``'drain'``. If its bytes had to be queued, the writer emits it once the
+  queue is empty; if the kernel took them at once, it is emitted before the
+  next ``'data'`` or ``'end'`` (Node emits it on the next tick)
+  (:meth:`Flow.drain_due`).
+* **No 'drain' after end()** (:meth:`Flow.allows`), nor after a failure.
+* **What comes before an event** the reader emits is the table
+  :data:`BEFORE`: before ``'data'``, the stream is resumed and the owed
+  drain emitted; before ``'end'``, also the kept chunks (to a consumer that
+  came meanwhile) and the decoder's tail; before ``'secure'``, the owed
+  drain, the decoder's tail and the kept plaintext, which then ends
+  (nothing read before a TLS upgrade is ever delivered after ``'secure'``).
+* **'close' is final**: the connection refuses every emission once it
+  emitted ``'close'`` (``_connection``).
+
+This module imports no Trio.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ._encoding import Decoder, encode, get_decoder
+from ._state import StateMachine
+
+__all__ = ["BEFORE", "STEP_BYTES", "STEP_WRITES", "Flow", "Step"]
+
+#: What one step of the writer sends before other tasks run: queued chunks
+#: are joined into sends of at most this size, and writes made by 'drain'
+#: listeners share a step until they reach this many bytes ...
+STEP_BYTES = 256 * 1024
+#: ... or this many writes.
+STEP_WRITES = 4
+
+
+class Step(enum.Enum):
+    """What the reader does before it emits an event (see :data:`BEFORE`)."""
+
+    RESUMED = "wait until the stream is resumed"
+    OWED_DRAIN = "emit the owed 'drain' if it is due"
+    KEPT = "deliver the kept chunks, if a consumer takes them"
+    TAIL = "deliver what the decoder still holds"
+    PLAINTEXT_OVER = "drop plaintext nobody took; a fresh decoder for TLS"
+
+
+#: Node's ordering rules: what comes, in order, before each event the reader
+#: emits. The read loop's fast path inlines ``BEFORE["data"]``.
+BEFORE: dict[str, tuple[Step, ...]] = {
+    "data": (Step.RESUMED, Step.OWED_DRAIN),
+    "end": (Step.OWED_DRAIN, Step.RESUMED, Step.KEPT, Step.TAIL),
+    "secure": (Step.OWED_DRAIN, Step.TAIL, Step.KEPT, Step.PLAINTEXT_OVER),
+}
+
+
+Chunk = bytes | str
+
+
+class Flow:
+    """The flow state of one stream (see the module's docstring)."""
+
+    __slots__ = (
+        "bytes_read",
+        "bytes_written",
+        "carry",
+        "decoder",
+        "encoding",
+        "high_water_mark",
+        "idle_period",
+        "kept",
+        "kept_size",
+        "last_activity",
+        "need_drain",
+        "paused",
+        "plain_queue",
+        "queue",
+        "queued",
+        "sm",
+        "step_start",
+        "step_writes",
+    )
+
+    def __init__(self, high_water_mark: int) -> None:
+        self.sm = StateMachine()
+        self.high_water_mark = high_water_mark
+        # Writing: chunks not yet handed to the kernel, and their size.
+        self.queue: list[bytes | memoryview] = []
+        self.queued = 0
+        self.plain_queue: list[bytes | memoryview] = []  # written before set_secure()
+        self.need_drain = False  # the owed drain
+        self.step_writes = 0  # 'drain's emitted since the writer last yielded
+        self.step_start = 0  # bytes_written when it last yielded
+        # Reading.
+        self.paused = False
+        self.kept: list[Chunk] = []  # for a consumer that has not come yet
+        self.kept_size = 0
+        self.decoder: Decoder | None = None
+        self.encoding: str | None = None
+        self.carry = b""  # bytes an earlier decoder held, for the current one
+        self.bytes_read = 0
+        self.bytes_written = 0
+        # The idle timeout, in seconds of Trio's clock.
+        self.idle_period = 0.0
+        self.last_activity = 0.0
+
+    def reset(self) -> None:
+        """A new connection (``connect()``): nothing queued, kept or counted."""
+        self.queue = []
+        self.queued = 0
+        self.plain_queue = []
+        self.need_drain = False
+        self.step_writes = self.step_start = 0
+        self.kept.clear()
+        self.kept_size = 0
+        self.bytes_read = self.bytes_written = 0
+
+    # -- writing ---------------------------------------------------------
+
+    def count_write(self, size: int) -> bool:
+        """Account a ``write()`` of *size* bytes; ``False`` (and a drain owed)
+        while connecting or once the queue reaches the high-water mark. As
+        Node, the answer counts the chunk as buffered even if it goes out at
+        once."""
+        self.bytes_written += size
+        buffered = self.queued + size
+        accepted = not self.sm.connecting and (buffered < self.high_water_mark or not buffered)
+        if not accepted:
+            self.need_drain = True
+        return accepted
+
+    @property
+    def may_send_now(self) -> bool:
+        """Whether ``write()`` may hand bytes to the kernel itself (try-write):
+        nothing queued or in flight, and connected."""
+        return not self.queued and not self.sm.connecting
+
+    def enqueue(self, chunk: bytes | memoryview) -> None:
+        self.queue.append(chunk)
+        self.queued += len(chunk)
+
+    def take(self) -> bytes | memoryview:
+        """The next send: queued chunks joined up to :data:`STEP_BYTES`."""
+        queue = self.queue
+        if len(queue) == 1:
+            self.queue = []
+            return queue[0]
+        size = count = 0
+        for chunk in queue:
+            if count and size + len(chunk) > STEP_BYTES:
+                break
+            size += len(chunk)
+            count += 1
+        self.queue = [] if count == len(queue) else queue[count:]
+        return b"".join(queue[:count]) if count > 1 else queue[0]
+
+    def sent(self, size: int) -> bool:
+        """*size* queued bytes went out; whether the queue is now empty."""
+        self.queued -= size
+        return not self.queued
+
+    def set_plaintext_aside(self) -> None:
+        """``set_secure()``: what is queued goes out as plaintext first."""
+        self.plain_queue, self.queue = self.queue, []
+
+    def drop_writes(self) -> None:
+        """``destroy()`` or a failure: queued bytes and the owed drain are gone."""
+        self.queue = []
+        self.plain_queue = []
+        self.queued = 0
+        self.need_drain = False
+
+    def drain_due(self, listened: bool) -> bool:
+        """The owed drain is due now: everything went out and somebody listens.
+        Taking it clears it."""
+        if self.need_drain and not self.queued and listened:
+            self.need_drain = False
+            return True
+        return False
+
+    def step_done(self) -> bool:
+        """After a writer's ``'drain'``: whether the writer must yield now."""
+        self.step_writes += 1
+        if self.step_writes >= STEP_WRITES or self.bytes_written - self.step_start >= STEP_BYTES:
+            self.step_writes = 0
+            self.step_start = self.bytes_written
+            return True
+        return False
+
+    def allows(self, event: str) -> bool:
+        """Node's rule: no ``'drain'`` once this side ended (or failed)."""
+        return event != "drain" or not self.sm.write_ended
+
+    @property
+    def flushed(self) -> bool:
+        """Whether ``drain()`` may return: nothing queued, connected, and the
+        ``'drain'`` a ``False`` write promised was emitted (or nobody listens)."""
+        sm = self.sm
+        return (
+            not self.queued and not sm.connecting and not (self.need_drain and not sm.write_ended)
+        )
+
+    # -- reading ---------------------------------------------------------
+
+    def count_read(self, size: int) -> None:
+        self.bytes_read += size
+
+    def decode(self, data: bytes) -> Chunk | None:
+        """What *data* delivers (the carry first; ``None``: nothing yet)."""
+        if self.carry:
+            data, self.carry = self.carry + data, b""
+        if self.decoder is None:
+            return data
+        return self.decoder.decode(data) or None
+
+    def take_tail(self) -> list[Chunk]:
+        """What the decoder still holds, as the last chunks of a plaintext run."""
+        tail: list[Chunk] = []
+        if self.carry:
+            chunk = self.decode(b"")
+            if chunk:
+                tail.append(chunk)
+        if self.decoder is not None:
+            rest = self.decoder.flush()
+            if rest:
+                tail.append(rest)
+        return tail
+
+    def end_plaintext(self) -> None:
+        """Before TLS: plaintext nobody took is dropped; decoding starts afresh."""
+        self.kept.clear()
+        self.kept_size = 0
+        if self.decoder is not None:
+            self.decoder = get_decoder(self.encoding or "utf8")
+
+    def keep(self, chunk: Chunk, *, first: bool = False) -> None:
+        """Keep *chunk* for a consumer that has not come yet."""
+        if first:
+            self.kept.insert(0, chunk)
+        else:
+            self.kept.append(chunk)
+        self.kept_size += len(chunk)
+
+    def take_kept(self) -> Chunk:
+        chunk = self.kept.pop(0)
+        self.kept_size -= len(chunk)
+        return chunk
+
+    @property
+    def kept_full(self) -> bool:
+        """Kept chunks reached the high-water mark: stop reading (Part 1's rule)."""
+        return bool(self.kept) and self.kept_size >= self.high_water_mark
+
+    def set_encoding(self, encoding: str | None) -> None:
+        """Decode with *encoding* from now on (``None``: bytes). Kept chunks
+        were not delivered yet: they come in the new encoding too, as Node's
+        ``setEncoding()`` converts its buffer; bytes the old decoder held (a
+        split character) go first into the new one.
+
+        Raises:
+            TypeError, ValueError: an unknown encoding (nothing changes).
+        """
+        new = None if encoding is None else get_decoder(encoding)
+        held = b"" if self.decoder is None else self.decoder.pending()
+        kept = self.kept
+        if kept:
+            old = self.encoding or "utf8"  # text is only kept while an encoding is set
+            raw = [chunk if isinstance(chunk, bytes) else encode(chunk, old) for chunk in kept]
+            chunks = raw if new is None else [new.decode(chunk) for chunk in raw]
+            # In place: an ``async for`` that began after the end holds the list.
+            kept[:] = [chunk for chunk in chunks if chunk]
+            self.kept_size = sum(map(len, kept))
+        self.decoder = new
+        self.encoding = encoding
+        self.carry = held + self.carry

@@ -1,0 +1,182 @@
+"""What a stream tells: its state, addresses, counters and TLS results.
+
+:class:`StreamProperties` is the read-only half of the
+:class:`~trio_netstream.Stream` facade: properties that read the stream's
+flow and current connection, with their Node names. It holds the stream's
+slots; ``_stream`` adds the calls that change things.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._emitter import EventEmitter
+from ._tls import peer_certificate
+
+if TYPE_CHECKING:
+    from ._connection import Connection, Outlet, Owner, Upgrade
+    from ._flow import Flow
+    from ._options import StreamOptions
+
+__all__ = ["StreamProperties"]
+
+
+class StreamProperties(EventEmitter):
+    """The read-only side of a stream (see :class:`~trio_netstream.Stream`)."""
+
+    __slots__ = (
+        "_conn",
+        "_flow",
+        "_nursery",
+        "_options",
+        "_outlet",
+        "_owner",
+        "_server_side",
+        "_start_pending",
+    )
+
+    _conn: Connection | None
+    _flow: Flow
+    _nursery: trio.Nursery | None
+    _options: StreamOptions
+    _outlet: Outlet
+    _owner: Owner | None
+    _server_side: bool
+    _start_pending: bool
+
+    @property
+    def ready_state(self) -> str:
+        """``"closed"``, ``"opening"``, ``"open"``, ``"readOnly"`` or ``"writeOnly"``."""
+        return self._flow.sm.ready_state
+
+    @property
+    def socket(self) -> trio.socket.SocketType | None:
+        """The underlying Trio socket while connected, else ``None``."""
+        conn = self._conn
+        if conn is None or conn.transport is None:
+            return None
+        conn.local_address()  # read now: the caller may close the socket
+        return getattr(conn.transport, "socket", None)
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes received on the current (or last) connection."""
+        return self._flow.bytes_read
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes given to ``write()`` / ``end()`` on this connection, counted at the call."""
+        return self._flow.bytes_written
+
+    @property
+    def remote_address(self) -> str | None:
+        """The peer's IP address (``None`` for UNIX sockets and before connecting)."""
+        return None if self._conn is None else self._conn.peer[0]
+
+    @property
+    def remote_port(self) -> int | None:
+        """The peer's port (``None`` for UNIX sockets and before connecting)."""
+        return None if self._conn is None else self._conn.peer[1]
+
+    @property
+    def remote_family(self) -> str | None:
+        """``"IPv4"`` or ``"IPv6"`` (``None`` for UNIX sockets and before connecting)."""
+        return None if self._conn is None else self._conn.peer[2]
+
+    @property
+    def local_address(self) -> str | None:
+        """This side's IP address (``None`` for UNIX sockets and before connecting)."""
+        return None if self._conn is None else self._conn.local_address()[0]
+
+    @property
+    def local_port(self) -> int | None:
+        """This side's port (``None`` for UNIX sockets and before connecting)."""
+        return None if self._conn is None else self._conn.local_address()[1]
+
+    @property
+    def encoding(self) -> str | None:
+        """The encoding given to :meth:`set_encoding`, or ``None``."""
+        return self._flow.encoding
+
+    @property
+    def allow_half_open(self) -> bool:
+        """Whether the writable side stays open after the peer's ``'end'``."""
+        return self._options.allow_half_open
+
+    @property
+    def high_water_mark(self) -> int:
+        """Queued bytes at which :meth:`write` returns ``False``."""
+        return self._options.high_water_mark
+
+    @property
+    def write_queue_size(self) -> int:
+        """Bytes queued and not yet sent (Node's ``writableLength``)."""
+        return 0 if self._conn is None else self._flow.queued
+
+    @property
+    def timeout(self) -> float:
+        """The idle timeout in milliseconds; ``0`` means none."""
+        return self._flow.idle_period * 1000
+
+    @property
+    def is_paused(self) -> bool:
+        """Whether :meth:`pause` is in effect (Node's ``isPaused()``)."""
+        return self._flow.paused
+
+    @property
+    def _upgrade(self) -> Upgrade | None:
+        return None if self._conn is None else self._conn.upgrade
+
+    @property
+    def secure(self) -> bool:
+        """Whether the TLS handshake has completed on this connection."""
+        upgrade = self._upgrade
+        return upgrade is not None and upgrade.tls is not None
+
+    def verify_peer(self) -> bool:
+        """Whether the peer's certificate verified against the trusted CAs
+        (``False`` before a handshake)."""
+        upgrade = self._upgrade
+        verification = None if upgrade is None else upgrade.verification
+        return verification is not None and verification.verified
+
+    @property
+    def authorization_error(self) -> str | None:
+        """Why the peer did not verify (``"CERT_HAS_EXPIRED: ..."``), or ``None``."""
+        upgrade = self._upgrade
+        verification = None if upgrade is None else upgrade.verification
+        return None if verification is None else verification.error
+
+    def get_peer_certificate(self) -> dict[str, Any] | None:
+        """The peer's certificate (verified or not) as Node's fields, or ``None``."""
+        upgrade = self._upgrade
+        if upgrade is None or upgrade.tls is None:
+            return None
+        return peer_certificate(upgrade.tls.ssl_object)
+
+    def __repr__(self) -> str:
+        where = ""
+        conn = self._conn
+        if conn is not None and conn.peer[0] is not None:
+            where = f" {conn.peer[0]}:{conn.peer[1]}"
+        elif conn is not None and conn.target is not None and conn.target.path:
+            where = f" {conn.target.path}"
+        return f"<trio_netstream.Stream {self.ready_state}{where}>"
+
+    # -- Node names --------------------------------------------------------------
+
+    readyState = ready_state
+    remoteAddress = remote_address
+    remotePort = remote_port
+    remoteFamily = remote_family
+    localAddress = local_address
+    localPort = local_port
+    bytesRead = bytes_read
+    bytesWritten = bytes_written
+    verifyPeer = verify_peer
+    getPeerCertificate = get_peer_certificate
+    authorizationError = authorization_error
+    writableLength = write_queue_size
+    isPaused = is_paused

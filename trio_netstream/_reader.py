@@ -1,0 +1,211 @@
+"""The reader: receive, decode, deliver; Node's orderings around it.
+
+The reader runs inside the connection's lifecycle task, in *sessions* (a
+TLS upgrade comes between two): receive a chunk, count it, decode it, and
+deliver it to the consumers: the ``'data'`` listeners and an ``async for``
+(the stream's :class:`~trio_netstream._connection.Outlet`). A chunk
+nobody takes yet is *kept* in the flow for the first consumer (up to the
+high-water mark, then the socket is not read). While paused, or while an
+async listener runs, the socket is not read: that is the backpressure.
+
+What must come before an event the reader emits (the owed drain, the kept
+chunks, the decoder's tail) is the flow's table
+:data:`~trio_netstream._flow.BEFORE`, carried out by :func:`settle`; the
+common case (bytes, a sync ``'data'`` listener, nothing kept) is inlined in
+:func:`read_session`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._errors import TransportError, translate, transport_errors
+from ._flow import BEFORE, Chunk, Step
+from ._state import Input
+from ._tls import make_transport, verify
+
+if TYPE_CHECKING:
+    from ._connection import Connection, Upgrade
+
+__all__ = ["READ_SIZE", "deliver", "end_of_input", "read_session", "secure", "settle"]
+
+#: Bytes asked of the transport per read (at or below glibc's mmap threshold).
+READ_SIZE = 64 * 1024
+
+
+async def settle(conn: Connection, event: str) -> None:
+    """Do what Node's ordering rules put before *event* (``BEFORE[event]``)."""
+    flow = conn.flow
+    for step in BEFORE[event]:
+        if step is Step.RESUMED:
+            await conn.wait_resumed()
+        elif step is Step.OWED_DRAIN:
+            if flow.need_drain:
+                await owed_drain(conn)
+        elif step is Step.KEPT:
+            if flow.kept and conn.outlet.has_consumer():
+                await flush_kept(conn)
+        elif step is Step.TAIL:
+            for chunk in flow.take_tail():
+                await deliver_decoded(conn, chunk)
+        else:
+            flow.end_plaintext()
+
+
+async def owed_drain(conn: Connection) -> None:
+    """The ``'drain'`` owed to a ``write()`` that returned ``False`` but went
+    out at once (try-write). The writer emits the one owed to queued bytes."""
+    if conn.flow.drain_due(conn.listens("drain")):
+        conn.flushed()
+        await conn.emit("drain")
+
+
+async def read_session(conn: Connection, scope: trio.CancelScope) -> tuple[bool, bytes | None]:
+    """One read session: ``(eof, chunk to deliver outside the scope)``."""
+    transport = conn.transport
+    assert transport is not None
+    receive = transport.receive_some
+    flow = conn.flow
+    outlet = conn.outlet
+    emitter = outlet.emitter
+    upgrade = conn.upgrade
+    while upgrade is conn.upgrade:  # until set_secure() is called
+        if flow.kept and outlet.has_consumer():
+            if flow.need_drain:
+                await owed_drain(conn)
+            await flush_kept(conn)
+        if flow.paused or (flow.kept_full and not outlet.has_consumer()):
+            await conn.park_reader()
+            continue
+        conn.in_receive = True
+        try:
+            data = await receive(READ_SIZE)
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise TransportError(translate(exc)) from None
+        except trio.ClosedResourceError as exc:
+            if not conn.wrote_eof:
+                raise TransportError(translate(exc)) from None
+            conn.read_stopped = True  # we closed a transport without send_eof() after end()
+            return True, None
+        finally:
+            conn.in_receive = False
+        if not data:
+            return True, None
+        if type(data) is not bytes:
+            data = bytes(data)  # trio's in-memory streams return bytearray
+        flow.bytes_read += len(data)
+        if flow.idle_period:
+            flow.last_activity = trio.current_time()
+        if scope.cancel_called:
+            return False, data
+        # BEFORE["data"], inlined:
+        if flow.paused:
+            await conn.wait_resumed()
+        if flow.need_drain:
+            await owed_drain(conn)
+        if (
+            flow.decoder is None
+            and not conn.stopped
+            and outlet.feed is None
+            and not flow.kept
+            and not flow.carry
+            and outlet.free
+            and emitter.listener_count("data")
+        ):
+            # The common case, inline: bytes straight to the 'data' listeners.
+            pending = emitter.emit("data", data)
+            if pending is not None:
+                await outlet.finish(pending)
+            continue
+        await deliver(conn, data)
+    return False, None
+
+
+async def deliver(conn: Connection, data: bytes) -> None:
+    """Decode *data* and deliver what it gives."""
+    chunk = conn.flow.decode(data)
+    if chunk is not None:
+        await deliver_decoded(conn, chunk)
+
+
+async def deliver_decoded(conn: Connection, chunk: Chunk) -> None:
+    flow = conn.flow
+    if flow.kept or not conn.outlet.has_consumer():
+        # Nobody takes data yet: keep it (bounded by the high-water mark, see
+        # read_session) for the first 'data' listener or ``async for``.
+        flow.keep(chunk)
+        await flush_kept(conn)
+        return
+    await _to_consumers(conn, chunk)
+
+
+async def flush_kept(conn: Connection) -> None:
+    flow = conn.flow
+    while flow.kept and conn.outlet.has_consumer() and not flow.paused:
+        await _to_consumers(conn, flow.take_kept())
+
+
+async def _to_consumers(conn: Connection, chunk: Chunk) -> None:
+    if conn.stopped:
+        return  # destroy() means close now: nothing more is delivered
+    outlet = conn.outlet
+    if outlet.emitter.listener_count("data"):
+        await conn.emit("data", chunk)
+    feed = outlet.feed
+    if feed is not None and not feed.finished and not await feed.put(chunk):
+        if outlet.feed is feed:  # not a new loop started meanwhile
+            outlet.feed = None
+        if not outlet.emitter.listener_count("data"):
+            # The loop was left: nobody took this chunk; keep it, first in line.
+            conn.flow.keep(chunk, first=True)
+
+
+async def end_of_input(conn: Connection) -> None:
+    """The peer's FIN: what comes before ``'end'``, then ``'end'``."""
+    await settle(conn, "end")
+    sm = conn.flow.sm
+    if not sm.can(Input.PEER_END):
+        return  # the stream failed or was destroyed meanwhile (e.g. the writer's EPIPE)
+    sm.apply(Input.PEER_END)
+    if conn.outlet.feed is not None:
+        conn.outlet.feed.finish(None)
+    await conn.emit("end")
+    if not conn.options.allow_half_open and sm.half_open:
+        conn.host.end()
+
+
+async def secure(conn: Connection, upgrade: Upgrade) -> None:
+    """Upgrade the connection to TLS, then emit ``'secure'``.
+
+    Everything read before ``set_secure()`` was delivered as plaintext by
+    now (``BEFORE["secure"]``); plaintext nobody consumed is dropped, so it
+    can never come out after ``'secure'``. The writer has sent the plaintext
+    written before the call and waits; the reader is the only task using
+    the socket.
+    """
+    await settle(conn, "secure")
+    await upgrade.writer_ready.wait()
+    raw = conn.transport
+    assert raw is not None
+    tls = make_transport(
+        raw,
+        upgrade.context,
+        server_side=upgrade.server_side,
+        server_hostname=upgrade.server_hostname,
+        reject_unauthorized=upgrade.reject_unauthorized,
+    )
+    conn.transport = tls  # closing the stream now closes the socket through it
+    with transport_errors():
+        await tls.do_handshake()
+    upgrade.tls = tls
+    upgrade.verification = verify(
+        tls.ssl_object,
+        upgrade.context,
+        server_side=upgrade.server_side,
+        server_hostname=upgrade.server_hostname,
+        reject_unauthorized=upgrade.reject_unauthorized,
+    )
+    upgrade.done.set()
+    await conn.emit("secure")

@@ -1,0 +1,172 @@
+"""The writer: the connection's task that sends the write queue.
+
+``write()`` hands bytes to the kernel itself when nothing is queued
+(try-write); what it cannot send is queued in the flow, and the writer is
+started (lazily: a stream whose writes all go out at once never needs it)
+or woken. The writer sends the queue in *steps* (chunks joined up to
+``STEP_BYTES``), emits the owed ``'drain'`` once the queue is empty, and,
+once this side has ended and the queue is empty, sends the EOF (FIN, or
+close_notify then FIN over TLS) and finishes.
+
+After every send it checks that the connection was not stopped meanwhile
+(``destroy()``, or a failure seen by the reader): the flow's queue is then
+gone, and nothing may be counted or emitted.
+
+On ``set_secure()`` the writer sends the plaintext written before the call,
+tells the reader it is ready, and waits for the handshake before it sends
+what was written after the call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._errors import transport_errors
+
+if TYPE_CHECKING:
+    from ._connection import Connection, Upgrade
+
+__all__ = ["Writer", "emit_drain", "finish_writer", "kick_writer", "wait_writer_finished"]
+
+
+class Writer:
+    """The state of a connection's writable side, made when first needed."""
+
+    __slots__ = ("done", "finished", "lot", "started", "task")
+
+    def __init__(self) -> None:
+        self.started = False  # the task was started (it is never started twice)
+        self.finished = False  # the EOF was sent, or the task ended
+        self.done: trio.Event | None = None
+        self.lot: trio.lowlevel.ParkingLot | None = None
+        self.task: trio.lowlevel.Task | None = None  # runs the 'drain' listeners it emits
+
+
+def _writer(conn: Connection) -> Writer:
+    writer = conn.writer
+    if writer is None:
+        writer = conn.writer = Writer()
+    return writer
+
+
+def finish_writer(conn: Connection) -> None:
+    """The writable side is over (EOF sent, or the writer ended)."""
+    writer = _writer(conn)
+    writer.finished = True
+    if writer.done is not None:
+        writer.done.set()
+
+
+async def wait_writer_finished(conn: Connection) -> None:
+    writer = _writer(conn)
+    if not writer.finished:
+        if writer.done is None:
+            writer.done = trio.Event()
+        await writer.done.wait()
+
+
+def _has_work(conn: Connection) -> bool:
+    flow = conn.flow
+    upgrade = conn.upgrade
+    return bool(
+        flow.queue
+        or (upgrade is not None and not upgrade.done.is_set())
+        or flow.sm.sending_eof
+        or (flow.need_drain and conn.listens("drain"))
+    )
+
+
+def kick_writer(conn: Connection) -> None:
+    """Wake the writer, or start it if it has work."""
+    writer = conn.writer
+    if writer is not None and writer.started:
+        assert writer.lot is not None
+        writer.lot.unpark()
+        return
+    if conn.task_nursery is None or conn.transport is None or conn.stopped:
+        return  # the lifecycle kicks it once the connection is up
+    if not conn.flow.sm.live or not _has_work(conn):
+        return
+    if conn.start_task(_write_loop):
+        writer = _writer(conn)
+        writer.lot = trio.lowlevel.ParkingLot()
+        writer.started = True
+
+
+async def emit_drain(conn: Connection) -> None:
+    """The writer's ``'drain'``. A listener that writes again owes another
+    ``'drain'`` at once when the kernel takes the bytes: such writes share a
+    step (``Flow.step_done``), then the writer yields so that other tasks run."""
+    flow = conn.flow
+    flow.need_drain = False
+    await conn.emit("drain")
+    if flow.step_done():
+        await trio.lowlevel.checkpoint()
+
+
+async def _write_loop(conn: Connection) -> None:
+    writer = _writer(conn)
+    writer.task = trio.lowlevel.current_task()
+    try:
+        transport = conn.transport
+        flow = conn.flow
+        while transport is not None and not conn.stopped:
+            upgrade = conn.upgrade
+            if upgrade is not None and not upgrade.done.is_set():
+                transport = await _hand_over(conn, upgrade, transport)
+                continue
+            if flow.queue:
+                data = flow.take()
+                with transport_errors(sending=True):
+                    await transport.send_all(data)
+                if conn.stopped:
+                    return  # destroyed or failed meanwhile: the queue is gone
+                if flow.idle_period:
+                    flow.last_activity = trio.current_time()
+                if flow.sent(len(data)):  # nor plaintext moved aside by set_secure()
+                    conn.flushed()
+                    if flow.need_drain:
+                        await emit_drain(conn)
+                continue
+            if flow.need_drain and not flow.sm.connecting:
+                # Everything write() took went out at once (try-write).
+                await emit_drain(conn)
+                conn.flushed()
+                continue
+            if flow.sm.sending_eof:
+                conn.wrote_eof = True
+                with transport_errors(sending=True):
+                    if isinstance(transport, trio.abc.HalfCloseableStream):
+                        await transport.send_eof()
+                    else:
+                        await transport.aclose()
+                return
+            assert writer.lot is not None
+            await writer.lot.park()
+    finally:
+        finish_writer(conn)
+
+
+async def _hand_over(
+    conn: Connection, upgrade: Upgrade, transport: trio.abc.Stream
+) -> trio.abc.Stream | None:
+    """``set_secure()``: the plaintext written before it goes first; then the
+    reader does the handshake. Returns the TLS transport (``None`` if the
+    connection was torn down meanwhile)."""
+    flow = conn.flow
+    while flow.plain_queue:
+        chunk = flow.plain_queue.pop(0)
+        with transport_errors(sending=True):
+            await transport.send_all(chunk)
+        if conn.stopped:
+            return None
+        flow.sent(len(chunk))
+    if not flow.queued:  # nothing written since: no need to wait for TLS
+        conn.flushed()
+        if flow.need_drain:
+            await emit_drain(conn)
+    upgrade.writer_ready.set()
+    await upgrade.done.wait()
+    return conn.transport
