@@ -10,8 +10,8 @@ try-write). Errors are the socket's own ``OSError``s; the stream translates
 them (``_errors``).
 
 The Trio socket wrapping the same object is kept as :attr:`socket`, for
-users and socket options; closing goes through it, so tasks waiting on the
-descriptor are woken first (``trio.lowlevel.notify_closing``).
+users and socket options; closing notifies Trio first
+(``trio.lowlevel.notify_closing``), so tasks waiting on the descriptor wake.
 
 A receive that finds the socket empty right after a large read (a bulk
 flow: the rest is usually microseconds away) first yields to Trio's
@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import socket as _stdlib_socket
+from contextlib import suppress
 from typing import Any
 
 import trio
@@ -86,7 +87,7 @@ def _recv_now(sock: _stdlib_socket.socket, size: int) -> bytes | None:
 class SocketTransport(trio.abc.HalfCloseableStream):
     """A connected stdlib socket as a ``trio.abc.HalfCloseableStream``."""
 
-    __slots__ = ("_bulk", "_eof_sent", "_sock", "_spins", "_trio_socket")
+    __slots__ = ("_bulk", "_eof_sent", "_sending", "_sock", "_spins", "_trio_socket")
 
     def __init__(
         self, sock: _stdlib_socket.socket, trio_socket: trio.socket.SocketType | None = None
@@ -95,6 +96,7 @@ class SocketTransport(trio.abc.HalfCloseableStream):
         self._sock = sock
         self._trio_socket = trio_socket  # made when first asked for: idle connections are lighter
         self._eof_sent = False
+        self._sending = False  # a send_all() is waiting for room (one sender at a time)
         self._bulk = False  # the last read was large: more is likely on its way
         self._spins = MAX_SPINS
 
@@ -111,9 +113,10 @@ class SocketTransport(trio.abc.HalfCloseableStream):
         return self._trio_socket
 
     def close_now(self) -> None:
-        """Close at once, waking any task waiting on the descriptor first."""
-        trio.lowlevel.notify_closing(self._sock)
-        self._sock.close()
+        """Close at once, waking any task waiting on the descriptor first. Idempotent."""
+        if self._sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
 
     def try_send(self, data: bytes) -> int:
         """Send what the kernel takes now, without waiting; how many bytes went.
@@ -143,20 +146,32 @@ class SocketTransport(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         sock = self._sock
         size = _DEFAULT_RECEIVE if max_bytes is None else max_bytes
+        if size < 1:
+            raise ValueError("max_bytes must be at least 1")
         await trio.lowlevel.checkpoint_if_cancelled()
-        data = _recv_now(sock, size)
-        if data is not None:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        elif self._bulk:
-            data = await self._spin(sock, size)
-        while data is None:
-            await trio.lowlevel.wait_readable(sock)
-            # Woken, but cancelled before running on (set_secure() from
-            # another task): read nothing, as a cancelled receive must.
-            await trio.lowlevel.checkpoint_if_cancelled()
+        try:
             data = _recv_now(sock, size)
+            if data is not None:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            elif self._bulk:
+                data = await self._spin(sock, size)
+            while data is None:
+                await trio.lowlevel.wait_readable(sock)
+                # Woken, but cancelled before running on (set_secure() from
+                # another task): read nothing, as a cancelled receive must.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                data = _recv_now(sock, size)
+        except OSError as exc:
+            raise self._broken(exc) from exc
         self._bulk = len(data) >= BULK_READ
         return data
+
+    def _broken(self, exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+        """A socket call failed: Trio's exception for it (the ``OSError`` is its
+        cause, which the stream reports)."""
+        if self._sock.fileno() < 0:
+            return trio.ClosedResourceError("the transport was closed")
+        return trio.BrokenResourceError(f"the socket failed: {exc}")
 
     async def _spin(self, sock: _stdlib_socket.socket, size: int) -> bytes | None:
         """Yield to the scheduler up to ``_spins`` times, reading after each;
@@ -174,28 +189,57 @@ class SocketTransport(trio.abc.HalfCloseableStream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self._sock
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self._eof_sent or self._sending:
+            raise self._not_now()
         try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        total = len(data)
-        if sent == total:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
-        with memoryview(data) as view:
-            while sent < total:
-                await trio.lowlevel.wait_writable(sock)
-                try:
-                    sent += sock.send(view[sent:])
-                except BlockingIOError:
-                    continue
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            total = len(data)
+            if sent == total:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            self._sending = True
+            try:
+                with memoryview(data) as view:
+                    while sent < total:
+                        await trio.lowlevel.wait_writable(sock)
+                        try:
+                            sent += sock.send(view[sent:])
+                        except BlockingIOError:
+                            continue
+            finally:
+                self._sending = False
+        except OSError as exc:
+            raise self._broken(exc) from exc
+
+    def _not_now(self) -> trio.ClosedResourceError | trio.BusyResourceError:
+        if self._sending:
+            return trio.BusyResourceError("another task is sending on this transport")
+        return trio.ClosedResourceError("can't send data after sending EOF")
 
     async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.wait_writable(self._sock)
+        if self._sock.fileno() < 0:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("the transport was closed")
+        if self._sending:
+            await trio.lowlevel.checkpoint()
+            raise trio.BusyResourceError("another task is sending on this transport")
+        self._sending = True
+        try:
+            await trio.lowlevel.wait_writable(self._sock)
+        finally:
+            self._sending = False
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
-        self.try_send_eof()
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this transport")
+        try:
+            self.try_send_eof()
+        except OSError as exc:
+            raise self._broken(exc) from exc
 
     def try_send_eof(self) -> None:
         """Send FIN now (it never waits). Idempotent.
@@ -204,8 +248,18 @@ class SocketTransport(trio.abc.HalfCloseableStream):
             OSError: the socket failed.
         """
         if not self._eof_sent:
-            self._eof_sent = True
             self._sock.shutdown(_stdlib_socket.SHUT_WR)
+            self._eof_sent = True  # after: a failed shutdown is met (and reported) again
+
+    def discard_unread(self, limit: int = 1024 * 1024) -> None:
+        """Read off (at most *limit*) bytes that arrived and will not be read,
+        so that closing sends a FIN, not a reset. Never waits."""
+        with suppress(OSError):
+            while limit > 0:
+                data = _recv_now(self._sock, min(limit, _DEFAULT_RECEIVE))
+                if not data:
+                    return
+                limit -= len(data)
 
     async def aclose(self) -> None:
         self.close_now()

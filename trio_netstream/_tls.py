@@ -4,7 +4,8 @@ How this works
 --------------
 
 :class:`TLSTransport` runs an ``ssl.SSLObject`` over two memory BIOs on top
-of the plaintext transport (a ``trio.SocketStream``). It is a
+of the plaintext transport (``_socket.SocketTransport``, or any Trio
+stream under ``Stream.wrap``). It is a
 ``trio.abc.HalfCloseableStream``, which ``trio.SSLStream`` is not: Node's
 ``end()`` on a TLS socket sends close_notify and keeps *reading* until the
 peer ends, and OpenSSL allows that only if no unread record is waiting in the
@@ -33,11 +34,12 @@ import datetime
 import errno
 import hashlib
 import ipaddress
+import operator
 import os
 import ssl
 import warnings
 from collections.abc import Generator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import attrs
@@ -66,6 +68,8 @@ class TLSTransport(trio.abc.HalfCloseableStream):
         self._plain = bytearray()
         self._eof = False
         self._eof_sent = False
+        self._handshaken = False
+        self._closed = False
 
     @property
     def socket(self) -> trio.socket.SocketType | None:
@@ -108,6 +112,7 @@ class TLSTransport(trio.abc.HalfCloseableStream):
                     await self._flush()  # tell the peer why (the alert)
                 raise
             await self._flush()
+            self._handshaken = True
             # Application data can come in the same read as the peer's last
             # handshake message (TLS 1.3: the client's Finished, then data).
             self._decrypt()
@@ -129,16 +134,23 @@ class TLSTransport(trio.abc.HalfCloseableStream):
             self._plain += piece
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        limit = _CHUNK if max_bytes is None else max_bytes
+        limit = _CHUNK if max_bytes is None else operator.index(max_bytes)
+        if limit < 1:
+            raise ValueError("max_bytes must be at least 1")
+        waited = False  # every receive is a checkpoint, also from the buffer
         while True:
-            if self._plain:
+            if self._closed:
+                await trio.lowlevel.checkpoint()
+                raise trio.ClosedResourceError("the transport was closed")
+            if self._plain or self._eof:
+                if not waited:
+                    await trio.lowlevel.checkpoint()
                 data = bytes(self._plain[:limit])
                 del self._plain[:limit]
                 return data
-            if self._eof:
-                return b""
             await self._flush()  # replies OpenSSL produced while reading
             received = await self.raw.receive_some(_CHUNK)
+            waited = True
             if not received:
                 # TCP EOF without close_notify: an end all the same, as in Node.
                 self._eof = True
@@ -147,6 +159,8 @@ class TLSTransport(trio.abc.HalfCloseableStream):
             self._decrypt()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the transport was closed")
         if self._eof_sent:
             raise trio.ClosedResourceError("can't send data after sending EOF")
         view = memoryview(data)
@@ -174,7 +188,27 @@ class TLSTransport(trio.abc.HalfCloseableStream):
             await self.raw.send_eof()
 
     async def aclose(self) -> None:
-        await self.raw.aclose()
+        """Send close_notify (if not sent yet) and close the transport under it.
+        Cancelled (``trio.aclose_forcefully``, the stream's teardown), it
+        closes at once without it."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if self._handshaken and not self._eof_sent:
+                self._eof_sent = True
+                with suppress(ssl.SSLError):  # SSLWantReadError: ours is out
+                    self.ssl_object.unwrap()
+                with _ignore_transport_errors():
+                    await self._flush()
+                # What the peer sent that nobody will read (TLS 1.3 session
+                # tickets...) would turn the close into a reset: read it off.
+                discard = getattr(self.raw, "discard_unread", None)
+                if discard is not None:
+                    discard()
+        finally:
+            await self.raw.aclose()
 
 
 @contextmanager
