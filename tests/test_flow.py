@@ -226,7 +226,9 @@ def test_reset_starts_a_connection_clean() -> None:
     flow.count_read(3)
     flow.paused = True
     flow.set_encoding("utf8")
+    assert flow.decode(b"\xe2\x82") is None  # half a character
     flow.reset()
+    assert flow.decode(b"A") == "A"  # the new connection decodes afresh
     assert (flow.queued, flow.queue, flow.need_drain, flow.kept) == (0, [], False, [])
     assert (flow.bytes_read, flow.bytes_written) == (0, 0)
     assert flow.paused and flow.encoding == "utf8"  # these belong to the stream

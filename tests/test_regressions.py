@@ -525,3 +525,41 @@ async def test_drain_in_an_async_drain_listener_raises_instead_of_hanging() -> N
     assert results[0] == "drained at once"
     assert isinstance(results[1], net.StreamStateError)
     assert "async 'drain' listener" in str(results[1])
+
+
+async def test_a_reconnect_does_not_decode_the_last_connections_half_character() -> None:
+    """destroy() while half a UTF-8 character was received, then connect()
+    again from 'close': the new connection's first 'data' began with U+FFFD
+    (the old decoder's bytes went on into the new connection)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    chunks: list[Any] = []
+    closes: list[bool] = []
+    first_closed = trio.Event()
+    stream = net.create_connection(port, allow_half_open=False)
+    stream.set_encoding("utf8")
+    stream.on("data", chunks.append)
+
+    def on_close(had_error: bool) -> None:
+        closes.append(had_error)
+        if len(closes) == 1:
+            first_closed.set()
+            stream.connect(port)
+
+    stream.on("close", on_close)
+    with trio.fail_after(10):
+        async with stream:
+            first = await listeners[0].accept()
+            await first.send_all(b"\xe2\x82")  # half a euro sign: no 'data' yet
+            while stream.bytes_read < 2:  # the reader has the two bytes
+                await trio.testing.wait_all_tasks_blocked()
+            stream.destroy()
+            await first_closed.wait()
+            second = await listeners[0].accept()
+            await second.send_all(b"A")
+            await second.send_eof()
+            await first.aclose()
+        await second.aclose()
+    await listeners[0].aclose()
+    assert chunks == ["A"]
+    assert closes == [False, False]

@@ -130,6 +130,11 @@ class Flow:
         self.kept.clear()
         self.kept_size = 0
         self.bytes_read = self.bytes_written = 0
+        # Decoding starts afresh: half a character of the last connection
+        # is not the start of this one's first.
+        self.carry = b""
+        if self.decoder is not None:
+            self.decoder = get_decoder(self.encoding or "utf8")
 
     # -- writing ---------------------------------------------------------
 
@@ -264,7 +269,7 @@ class Flow:
 
     @property
     def kept_full(self) -> bool:
-        """Kept chunks reached the high-water mark: stop reading (Part 1's rule)."""
+        """Kept chunks reached the high-water mark: stop reading until a consumer comes."""
         return bool(self.kept) and self.kept_size >= self.high_water_mark
 
     def set_encoding(self, encoding: str | None) -> None:
