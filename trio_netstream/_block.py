@@ -2,7 +2,7 @@
 
 How this works: ``__aenter__`` opens a nursery by hand and keeps it for the
 object's tasks. The tasks never let an exception escape (network failures
-become events, see ``_stream``); a listener's exception, or a client's
+become events, see ``_connection``); a listener's exception, or a client's
 unhandled ``'error'``, is recorded with :meth:`Block.fail`, which cancels the
 block (body included), as a failing child task would. :meth:`Block.exit`
 closes the nursery and raises the recorded exception *unwrapped*: users never

@@ -83,7 +83,7 @@ def _check_max(inst: object, attr: object, value: int | None) -> None:
 
 @attrs.frozen(kw_only=True)
 class StreamOptions:
-    """Options of one stream (see SPEC: "Options shared by streams and servers")."""
+    """Options of one stream (the options shared by streams and servers)."""
 
     allow_half_open: bool = attrs.field(default=True, validator=_bool("allow_half_open"))
     no_delay: bool = attrs.field(default=False, validator=_bool("no_delay"))

@@ -3,7 +3,7 @@
 :class:`StreamProperties` is the read-only half of the
 :class:`~trio_netstream.Stream` facade: properties that read the stream's
 flow and current connection, with their Node names. It holds the stream's
-slots; ``_stream`` adds the calls that change things.
+slots; ``_controls`` and ``_stream`` add the calls that change things.
 """
 
 from __future__ import annotations
