@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 import trustme
 from netstream_testing import MiB, port_of, read_to_eof
@@ -415,3 +416,117 @@ async def test_a_stream_destroyed_by_its_connection_listener_emits_only_close(
             server.close()
     expected: list[Any] = [] if error is None else [("error", error)]
     assert events == [*expected, ("close", error is not None)]
+
+
+async def test_drain_in_an_async_connection_listener_of_a_tls_server_waits(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """An async 'connection' listener is a task beside the stream's own, not
+    one of them: its drain() before the handshake ended must wait (for the
+    handshake, then the flush), not raise StreamStateError (found by a
+    review of the check that makes drain() raise where it would wait for
+    itself)."""
+    server_ctx, client_ctx = tls_contexts
+    outcome: list[str] = []
+
+    async def handler(stream: net.Stream) -> None:
+        await trio.lowlevel.checkpoint()  # the connection's lifecycle is running now
+        stream.write(b"hello over tls")
+        await stream.drain()
+        outcome.append("drained")
+        stream.end()
+
+    got: list[bytes] = []
+    with trio.fail_after(10):
+        async with net.create_server(handler, ssl=server_ctx) as server:
+            await server.listen(0, "127.0.0.1")
+            address = server.address()
+            assert isinstance(address, tuple)
+            client = net.create_connection(address[1], ssl=client_ctx, server_hostname="127.0.0.1")
+            client.on("data", got.append)
+            client.on("end", client.end)
+            async with client:
+                pass
+            server.close()
+    assert outcome == ["drained"]
+    assert b"".join(got) == b"hello over tls"
+
+
+async def test_drain_after_set_secure_with_only_plaintext_queued_waits(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """In an async 'connect' listener: a large plaintext write, set_secure(),
+    drain(). Only plaintext is queued, which the writer sends without the
+    handshake: drain() returns once it went out (as before the check that
+    makes drain() raise where it would wait for itself), it does not raise.
+    The peer only reads: the handshake never happens, drain() needs none."""
+    _, client_ctx = tls_contexts
+    size = 8 * MiB
+    outcome: list[Any] = []
+    received = 0
+
+    def on_connection(stream: net.Stream) -> None:
+        def on_data(data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+
+        stream.on("data", on_data)
+        stream.on("end", stream.end)
+        stream.on("error", lambda exc: None)  # the client's destroy() may reset
+
+    with trio.fail_after(10):
+        async with net.create_server(on_connection) as server:
+            await server.listen(0, "127.0.0.1")
+            address = server.address()
+            assert isinstance(address, tuple)
+            client = net.create_connection(address[1])
+
+            async def on_connect() -> None:
+                client.write(b"p" * size)
+                outcome.append(client.write_queue_size > 0)  # some had to be queued
+                client.set_secure(client_ctx, server_hostname="127.0.0.1")
+                await client.drain()
+                outcome.append("drained")
+                client.destroy()
+
+            client.on("connect", on_connect)
+            async with client:
+                pass
+            server.close()
+    assert outcome == [True, "drained"]
+    assert received >= size  # every plaintext byte went out before drain() returned
+
+
+async def _drain_in_a_data_listener_after_a_try_write() -> list[Any]:
+    outcome: list[Any] = []
+    async with net.create_server(lambda s: s.end(b"hi")) as server:
+        await server.listen(0, "127.0.0.1")
+        address = server.address()
+        assert isinstance(address, tuple)
+        client = net.create_connection(address[1], high_water_mark=1024)
+        client.on("drain", lambda: outcome.append("drain"))
+
+        async def on_data(chunk: bytes) -> None:
+            outcome.append(client.write(b"x" * 4096))  # False, yet sent at once
+            await client.drain()
+            outcome.append("drained")
+            client.destroy()
+
+        client.on("data", on_data)
+        async with client:
+            pass
+        server.close()
+    return outcome
+
+
+async def test_drain_in_an_async_data_listener_after_a_try_write_does_not_hang() -> None:
+    """drain() in an async 'data' listener, after a write() that answered
+    False but went out at once, with a 'drain' listener: the writer cleared
+    the owed drain, then waited for this listener to emit it, and woke
+    drain() only after: both waited forever (in about a third of the runs;
+    found by a review). 20 bounded rounds."""
+    for _ in range(20):
+        with trio.fail_after(10):
+            outcome = await _drain_in_a_data_listener_after_a_try_write()
+        assert outcome[:2] == [False, "drained"]
+        assert outcome.count("drain") <= 1

@@ -27,7 +27,8 @@ Every event of the connection goes through :meth:`Connection.emit`, which
 asks the flow whether it is allowed (no ``'drain'`` after ``end()``) and
 refuses everything once ``'close'`` was emitted: ``'close'`` is final by
 construction, whatever task is still unwinding. Emission is ordered and
-never concurrent (:class:`Outlet`).
+never concurrent: an async listener holds the others back (the
+stream's emission lock, kept in its flow).
 """
 
 from __future__ import annotations
@@ -49,15 +50,23 @@ from ._timer import start_timer
 from ._writer import kick_writer, wait_writer_finished
 
 if TYPE_CHECKING:
-    from ._emitter import EventEmitter
-    from ._feed import Feed
     from ._flow import Flow
     from ._options import StreamOptions
     from ._timer import Timer
     from ._tls import TLSTransport, Verification
     from ._writer import Writer
 
-__all__ = ["TASK_NAME", "Connection", "Outlet", "Owner", "Upgrade", "plain_socket"]
+__all__ = [
+    "TASK_NAME",
+    "Connection",
+    "Owner",
+    "Upgrade",
+    "apply_socket_options",
+    "check_drain_may_wait",
+    "local_address",
+    "note_addresses",
+    "plain_socket",
+]
 
 _INET = (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6)
 
@@ -80,7 +89,12 @@ class Owner(Protocol):
 
 
 class Host(Protocol):
-    """What a connection needs of its stream besides the flow."""
+    """What a connection needs of its stream besides the flow: its
+    listeners, and ``end()`` (``allow_half_open=False``)."""
+
+    def emit(self, event: str, *args: object) -> Awaitable[None] | None: ...
+
+    def listener_count(self, event: str) -> int: ...
 
     def end(self) -> object: ...
 
@@ -97,55 +111,6 @@ class Upgrade:
     done: trio.Event = attrs.Factory(trio.Event)
     tls: TLSTransport | None = None  # once the handshake completed
     verification: Verification | None = None
-
-
-class Outlet:
-    """Where a stream's events and chunks go: its listeners, one emission at
-    a time (an async listener holds the others back), and the ``async for``
-    feed. One per stream, shared by its successive connections."""
-
-    __slots__ = ("emitter", "feed", "lock")
-
-    def __init__(self, emitter: EventEmitter) -> None:
-        self.emitter = emitter
-        self.lock: trio.Lock | None = None  # made at the first async listener
-        self.feed: Feed | None = None
-
-    @property
-    def free(self) -> bool:
-        """No async listener is running: an emission may start at once."""
-        return self.lock is None or not self.lock.locked()
-
-    async def emit(self, event: str, args: tuple[object, ...], allowed: Callable[[], bool]) -> None:
-        """Emit *event* after any async listener still running, if *allowed*
-        (asked again after the wait)."""
-        lock = self.lock
-        if lock is not None and lock.locked():
-            async with lock:
-                if allowed():
-                    pending = self.emitter.emit(event, *args)
-                    if pending is not None:
-                        await pending
-            return
-        pending = self.emitter.emit(event, *args)
-        if pending is not None:
-            await self.finish(pending)
-
-    async def finish(self, pending: Awaitable[None]) -> None:
-        """Await the async rest of an emission, keeping other emitters out."""
-        lock = self.lock
-        if lock is None:
-            lock = self.lock = trio.Lock()
-        lock.acquire_nowait()
-        try:
-            await pending
-        finally:
-            lock.release()
-
-    def has_consumer(self) -> bool:
-        """A ``'data'`` listener or a live ``async for`` takes chunks."""
-        feed = self.feed
-        return self.emitter.listener_count("data") > 0 or (feed is not None and feed.alive)
 
 
 def _descends_from(task: trio.lowlevel.Task | None, ancestor: trio.lowlevel.Task | None) -> bool:
@@ -186,7 +151,6 @@ class Connection:
         "local",
         "local_unread",
         "options",
-        "outlet",
         "over",
         "owner",
         "peer",
@@ -209,7 +173,6 @@ class Connection:
         self,
         host: Host,
         flow: Flow,
-        outlet: Outlet,
         owner: Owner,
         options: StreamOptions,
         *,
@@ -218,7 +181,6 @@ class Connection:
     ) -> None:
         self.host = host
         self.flow = flow
-        self.outlet = outlet
         self.owner = owner
         self.options = options  # the stream's, replaced by set_no_delay()...
         self.target = target  # a _dial.Target, or None for an adopted transport
@@ -267,45 +229,44 @@ class Connection:
         self.task_nursery = nursery
         self.reader_task = trio.lowlevel.current_task()
         try:
-            await self._steps()
+            started, eof, held = False, False, None
+            while not (started and self.stopped):
+                with self.step() as scope:
+                    if not started:
+                        started = True
+                        if not await self._start():
+                            return
+                    if held is not None:
+                        chunk, held = held, None
+                        await settle(self, "data")
+                        await deliver(self, chunk)
+                    while not (eof or scope.cancel_called):
+                        upgrade = self.upgrade
+                        if upgrade is not None and not upgrade.done.is_set():
+                            await secure(self, upgrade)
+                        eof, held = await read_session(self, scope)
+                    if scope.cancel_called:
+                        continue  # woken (or stopped): the rest in a fresh step
+                    if not self.read_stopped:  # no FIN came from the peer: no 'end'
+                        await end_of_input(self)
+                    # The writable side ends with end(): the writer (started
+                    # then if not before) sends what is queued, then the EOF.
+                    await wait_writer_finished(self)
+                    return
         except TransportError as failure:
             self.fail(failure.error)
         except Exception as exc:  # a listener raised
             self.owner.listener_failed(exc)
         finally:
             self.task_nursery = None
+            self.stopped = True  # the writer and the timer are done too:
+            self.direct = None  # whatever they were doing counts for nothing now
             for task_scope in self.scopes:
                 task_scope.cancel()  # the timer, if any (and the writer, if destroyed)
             try:
                 await self.teardown()
             finally:
                 self.owner.connection_done(self.host)
-
-    async def _steps(self) -> None:
-        started, eof, held = False, False, None
-        while not (started and self.stopped):
-            with self.step() as scope:
-                if not started:
-                    started = True
-                    if not await self._start():
-                        return
-                if held is not None:
-                    chunk, held = held, None
-                    await settle(self, "data")
-                    await deliver(self, chunk)
-                while not (eof or scope.cancel_called):
-                    upgrade = self.upgrade
-                    if upgrade is not None and not upgrade.done.is_set():
-                        await secure(self, upgrade)
-                    eof, held = await read_session(self, scope)
-                if scope.cancel_called:
-                    continue  # woken (or stopped): the rest in a fresh step
-                if not self.read_stopped:  # no FIN came from the peer: no 'end'
-                    await end_of_input(self)
-                # The writable side ends with end(): the writer (started
-                # then if not before) sends what is queued, then the EOF.
-                await wait_writer_finished(self)
-                return
 
     async def _start(self) -> bool:
         """Connect (unless adopted), start the writer's queued work and the
@@ -320,8 +281,8 @@ class Connection:
                 return False  # destroyed as the connection came up: teardown closes it
             if self.upgrade is None:
                 self.direct = self.transport
-            self.note_addresses(peer)
-            self.apply_socket_options(fresh=True)
+            note_addresses(self, peer)
+            apply_socket_options(self, fresh=True)
             flow.sm.apply(Input.CONNECTED)
             self.flushed()  # drain() waits out the connecting
         elif self.stopped and self.accepted:
@@ -338,7 +299,7 @@ class Connection:
         self.flow.drop_writes()
         self.flushed()
         self.direct = None
-        self.local_address()  # it stays readable after 'close'
+        local_address(self)  # it stays readable after 'close'
         transport, self.transport = self.transport, None
         if isinstance(transport, SocketTransport):
             transport.close_now()  # no need to wait: 'close' follows at once
@@ -351,14 +312,14 @@ class Connection:
         unhandled = False
         try:
             if error is not None:
-                feed = self.outlet.feed
+                feed = self.flow.feed
                 handled_by_iterator = feed is not None and feed.finish(error)
                 if self.listens("error"):
                     await self.emit_final("error", error)
                 elif not handled_by_iterator:
                     unhandled = True
-            elif self.outlet.feed is not None:
-                self.outlet.feed.finish(None)
+            elif self.flow.feed is not None:
+                self.flow.feed.finish(None)
         finally:
             await self._close(error, unhandled)
 
@@ -380,26 +341,72 @@ class Connection:
     # -- emission ------------------------------------------------------
 
     def listens(self, event: str) -> bool:
-        return self.outlet.emitter.listener_count(event) > 0
+        return self.host.listener_count(event) > 0
+
+    def has_consumer(self) -> bool:
+        """A ``'data'`` listener or a live ``async for`` takes chunks."""
+        feed = self.flow.feed
+        return self.host.listener_count("data") > 0 or (feed is not None and feed.alive)
 
     def allowed(self, event: str) -> bool:
         """Whether the connection's tasks may emit *event* now: nothing once
         ``'close'`` came, and the flow's rules."""
         return not self.over and self.flow.allows(event)
 
+    @property
+    def emission_free(self) -> bool:
+        """No async listener of the stream is running: an emission may start."""
+        lock = self.flow.emit_lock
+        return lock is None or not lock.locked()
+
     async def emit(self, event: str, *args: object) -> None:
         """Emit *event* of this connection; refused after ``'close'`` (and
         ``'drain'`` after ``end()``), also when that came while an async
         listener held the emission back."""
-        if self.allowed(event):
-            await self.outlet.emit(event, args, lambda: self.allowed(event))
+        if self.over or not self.flow.allows(event):
+            return
+        lock = self.flow.emit_lock
+        if lock is None or not lock.locked():  # the common case, without a coroutine more
+            pending = self.host.emit(event, *args)
+            if pending is not None:
+                await self.finish_emission(pending)
+            return
+        await self._emit_in_turn(event, args, final=False)
 
     async def emit_final(self, event: str, *args: object) -> None:
         """Emit ``'error'`` / ``'close'``: a listener's exception goes to the owner."""
         try:
-            await self.outlet.emit(event, args, lambda: True)
+            await self._emit_in_turn(event, args, final=True)
         except Exception as exc:
             self.owner.listener_failed(exc)
+
+    async def _emit_in_turn(self, event: str, args: tuple[object, ...], *, final: bool) -> None:
+        """One emission at a time: after any async listener still running
+        (then asking :meth:`allowed` again, unless *final*)."""
+        lock = self.flow.emit_lock
+        if lock is not None and lock.locked():
+            async with lock:
+                if final or self.allowed(event):
+                    pending = self.host.emit(event, *args)
+                    if pending is not None:
+                        await pending
+            return
+        pending = self.host.emit(event, *args)
+        if pending is not None:
+            await self.finish_emission(pending)
+
+    async def finish_emission(self, pending: Awaitable[None]) -> None:
+        """Await the async rest of an emission, keeping other emitters out.
+        The lock is the stream's (kept in its flow), made at the first
+        async listener."""
+        lock = self.flow.emit_lock
+        if lock is None:
+            lock = self.flow.emit_lock = trio.Lock()
+        lock.acquire_nowait()
+        try:
+            await pending
+        finally:
+            lock.release()
 
     # -- cancellation --------------------------------------------------
 
@@ -422,7 +429,10 @@ class Connection:
         return scope
 
     def fail(self, error: BaseException) -> None:
-        """Record a network failure (the first one wins) and stop the I/O."""
+        """Record a network failure (the first one wins) and stop the I/O.
+        Once ``'close'`` is coming, a late failure changes nothing."""
+        if self.over:
+            return
         if isinstance(error, BrokenPipeError):
             raw = getattr(self.transport, "raw", self.transport)
             if isinstance(raw, SocketTransport):
@@ -481,27 +491,6 @@ class Connection:
             self.flushed_lot = trio.lowlevel.ParkingLot()
         await self.flushed_lot.park()
 
-    def check_drain_may_wait(self) -> None:
-        """Raise :class:`StreamStateError` where ``drain()`` would wait for
-        itself: in the writer's own ``'drain'`` listener (or a task it
-        started), the writer waits for that listener; and while a TLS
-        upgrade is pending, in the lifecycle's own listener (``'connect'``,
-        ``'data'``) or a task it started, the handshake waits for it."""
-        task = trio.lowlevel.current_task()
-        writer = self.writer
-        if writer is not None and _descends_from(task, writer.task):
-            raise StreamStateError(
-                "drain() in an async 'drain' listener cannot wait: the writer that"
-                " would flush the queue is waiting for this listener to return"
-            )
-        upgrade = self.upgrade
-        handshaking = upgrade is not None and not upgrade.done.is_set()
-        if handshaking and self.flow.queued and _descends_from(task, self.reader_task):
-            raise StreamStateError(
-                "drain() cannot wait here: the bytes written after set_secure() wait"
-                " for the TLS handshake, which waits for this listener to return"
-            )
-
     async def wait_closed(self) -> None:
         if not self.closed:
             if self.closed_event is None:
@@ -531,39 +520,66 @@ class Connection:
         ):
             self.step_scope.cancel()
 
-    # -- addresses -----------------------------------------------------------
 
-    def note_addresses(self, peer: Any = None) -> None:
-        """Record the peer's address at once (*peer*, from ``accept()`` or
-        ``connect()``, or ``getpeername()``, which fails after a reset); the
-        local one is read when first asked for, or at the latest at teardown."""
-        sock = plain_socket(self.transport)
-        if sock is None or sock.family not in _INET:
+def check_drain_may_wait(conn: Connection) -> None:
+    """Raise :class:`StreamStateError` where ``drain()`` would wait for
+    itself: in the writer's own ``'drain'`` listener (or a task it
+    started), the writer waits for that listener; and while a TLS
+    upgrade is pending, in the lifecycle's own listener (``'connect'``,
+    ``'data'``) or a task it started, the handshake waits for it."""
+    task = trio.lowlevel.current_task()
+    writer = conn.writer
+    if writer is not None and _descends_from(task, writer.task):
+        raise StreamStateError(
+            "drain() in an async 'drain' listener cannot wait: the writer that"
+            " would flush the queue is waiting for this listener to return"
+        )
+    upgrade = conn.upgrade
+    handshaking = upgrade is not None and not upgrade.done.is_set()
+    flow = conn.flow
+    # Written after set_secure() (what was queued before went aside):
+    # those bytes wait for the handshake.
+    after_upgrade = any(flow.queue)
+    if handshaking and after_upgrade and _descends_from(task, conn.reader_task):
+        raise StreamStateError(
+            "drain() cannot wait here: the bytes written after set_secure() wait"
+            " for the TLS handshake, which waits for this listener to return"
+        )
+
+
+def note_addresses(conn: Connection, peer: Any = None) -> None:
+    """Record the peer's address at once (*peer*, from ``accept()`` or
+    ``connect()``, or ``getpeername()``, which fails after a reset); the
+    local one is read when first asked for, or at the latest at teardown."""
+    sock = plain_socket(conn.transport)
+    if sock is None or sock.family not in _INET:
+        return
+    family = "IPv6" if sock.family == _stdlib_socket.AF_INET6 else "IPv4"
+    if peer is None:
+        try:
+            peer = sock.getpeername()
+        except OSError:
             return
-        family = "IPv6" if sock.family == _stdlib_socket.AF_INET6 else "IPv4"
-        if peer is None:
+    conn.peer = (peer[0], peer[1], family)
+    conn.local_unread = True
+
+
+def local_address(conn: Connection) -> tuple[str | None, int | None]:
+    if conn.local_unread:
+        conn.local_unread = False
+        sock = plain_socket(conn.transport)
+        if sock is not None:
             try:
-                peer = sock.getpeername()
-            except OSError:
-                return
-        self.peer = (peer[0], peer[1], family)
-        self.local_unread = True
+                local = sock.getsockname()
+            except OSError:  # closed under us
+                pass
+            else:
+                conn.local = (local[0], local[1])
+    return conn.local
 
-    def local_address(self) -> tuple[str | None, int | None]:
-        if self.local_unread:
-            self.local_unread = False
-            sock = plain_socket(self.transport)
-            if sock is not None:
-                try:
-                    local = sock.getsockname()
-                except OSError:  # closed under us
-                    pass
-                else:
-                    self.local = (local[0], local[1])
-        return self.local
 
-    def apply_socket_options(self, *, fresh: bool = False) -> None:
-        """Apply the stream's socket options (``_dial.set_socket_options``)."""
-        sock = plain_socket(self.transport)
-        if sock is not None and sock.family in _INET:
-            set_socket_options(sock, self.options, fresh=fresh)
+def apply_socket_options(conn: Connection, *, fresh: bool = False) -> None:
+    """Apply the stream's socket options (``_dial.set_socket_options``)."""
+    sock = plain_socket(conn.transport)
+    if sock is not None and sock.family in _INET:
+        set_socket_options(sock, conn.options, fresh=fresh)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
-from ._connection import Connection, Upgrade
+from ._connection import Connection, Upgrade, apply_socket_options
 from ._errors import StreamStateError
 from ._options import check_number, check_timeout_ms
 from ._properties import StreamProperties
@@ -198,7 +198,7 @@ class StreamControls(StreamProperties):
         conn = self._conn
         if conn is not None:
             conn.options = self._options
-            conn.apply_socket_options()
+            apply_socket_options(conn)
 
     # -- Node names --------------------------------------------------------------
 

@@ -1,7 +1,6 @@
 """``async for chunk in stream``: the reader's hand-off to a pull consumer.
 
-The stream's :class:`~trio_netstream._connection.Outlet` holds the
-:class:`Feed`, never the iterator, so leaving the loop (``break``) drops
+The stream's flow holds the :class:`Feed`, never the iterator, so leaving the loop (``break``) drops
 the iterator, which closes its end of the channel and releases the reader.
 """
 

@@ -37,6 +37,7 @@ This module imports no Trio.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from ._encoding import Decoder, encode, get_decoder
 from ._state import StateMachine
@@ -81,7 +82,9 @@ class Flow:
         "bytes_written",
         "carry",
         "decoder",
+        "emit_lock",
         "encoding",
+        "feed",
         "high_water_mark",
         "idle_period",
         "kept",
@@ -116,6 +119,10 @@ class Flow:
         self.carry = b""  # bytes an earlier decoder held, for the current one
         self.bytes_read = 0
         self.bytes_written = 0
+        # Trio objects of the stream that the core only keeps (one object per
+        # stream fewer): the lock of an async emission, the ``async for`` feed.
+        self.emit_lock: Any = None
+        self.feed: Any = None
         # The idle timeout, in seconds of Trio's clock.
         self.idle_period = 0.0
         self.last_activity = 0.0
@@ -138,23 +145,19 @@ class Flow:
 
     # -- writing ---------------------------------------------------------
 
-    def count_write(self, size: int) -> bool:
+    def count_write(self, size: int, connecting: bool | None = None) -> bool:
         """Account a ``write()`` of *size* bytes; ``False`` (and a drain owed)
-        while connecting or once the queue reaches the high-water mark. As
-        Node, the answer counts the chunk as buffered even if it goes out at
-        once."""
+        while *connecting* (default: as the state says) or once the queue
+        reaches the high-water mark. As Node, the answer counts the chunk as
+        buffered even if it goes out at once."""
+        if connecting is None:
+            connecting = self.sm.connecting
         self.bytes_written += size
         buffered = self.queued + size
-        accepted = not self.sm.connecting and (buffered < self.high_water_mark or not buffered)
+        accepted = not connecting and (buffered < self.high_water_mark or not buffered)
         if not accepted:
             self.need_drain = True
         return accepted
-
-    @property
-    def may_send_now(self) -> bool:
-        """Whether ``write()`` may hand bytes to the kernel itself (try-write):
-        nothing queued or in flight, and connected."""
-        return not self.queued and not self.sm.connecting
 
     def enqueue(self, chunk: bytes | memoryview) -> None:
         self.queue.append(chunk)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._connection import TASK_NAME
+
 if TYPE_CHECKING:
     from ._connection import Connection
 
@@ -105,8 +107,10 @@ async def serve_with_handlers(
                     await first_step.wait()
             finally:
                 # Even when cancelled meanwhile: the lifecycle closes the
-                # connection, emits its 'close' and counts it off.
-                await conn.run(nursery)
+                # connection, emits its 'close' and counts it off. It runs
+                # beside the listeners, not as their parent task: a
+                # listener is never "inside" the stream's own tasks.
+                handlers.start_soon(conn.run, nursery, name=TASK_NAME)
     finally:
         if handlers_scope is not None:
             scopes.discard(handlers_scope)

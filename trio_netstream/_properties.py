@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._connection import local_address
 from ._emitter import EventEmitter
 from ._tls import peer_certificate
 
 if TYPE_CHECKING:
-    from ._connection import Connection, Outlet, Owner, Upgrade
+    from ._connection import Connection, Owner, Upgrade
     from ._flow import Flow
     from ._options import StreamOptions
 
@@ -31,7 +32,6 @@ class StreamProperties(EventEmitter):
         "_flow",
         "_nursery",
         "_options",
-        "_outlet",
         "_owner",
         "_server_side",
         "_start_pending",
@@ -41,7 +41,6 @@ class StreamProperties(EventEmitter):
     _flow: Flow
     _nursery: trio.Nursery | None
     _options: StreamOptions
-    _outlet: Outlet
     _owner: Owner | None
     _server_side: bool
     _start_pending: bool
@@ -57,7 +56,7 @@ class StreamProperties(EventEmitter):
         conn = self._conn
         if conn is None or conn.transport is None:
             return None
-        conn.local_address()  # read now: the caller may close the socket
+        local_address(conn)  # read now: the caller may close the socket
         return getattr(conn.transport, "socket", None)
 
     @property
@@ -88,12 +87,12 @@ class StreamProperties(EventEmitter):
     @property
     def local_address(self) -> str | None:
         """This side's IP address (``None`` for UNIX sockets and before connecting)."""
-        return None if self._conn is None else self._conn.local_address()[0]
+        return None if self._conn is None else local_address(self._conn)[0]
 
     @property
     def local_port(self) -> int | None:
         """This side's port (``None`` for UNIX sockets and before connecting)."""
-        return None if self._conn is None else self._conn.local_address()[1]
+        return None if self._conn is None else local_address(self._conn)[1]
 
     @property
     def encoding(self) -> str | None:

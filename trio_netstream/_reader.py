@@ -3,7 +3,7 @@
 The reader runs inside the connection's lifecycle task, in *sessions* (a
 TLS upgrade comes between two): receive a chunk, count it, decode it, and
 deliver it to the consumers: the ``'data'`` listeners and an ``async for``
-(the stream's :class:`~trio_netstream._connection.Outlet`). A chunk
+(the feed kept in the stream's flow). A chunk
 nobody takes yet is *kept* in the flow for the first consumer (up to the
 high-water mark, then the socket is not read). While paused, or while an
 async listener runs, the socket is not read: that is the backpressure.
@@ -45,7 +45,7 @@ async def settle(conn: Connection, event: str) -> None:
             if flow.need_drain:
                 await owed_drain(conn)
         elif step is Step.KEPT:
-            if flow.kept and conn.outlet.has_consumer():
+            if flow.kept and conn.has_consumer():
                 await flush_kept(conn)
         elif step is Step.TAIL:
             for chunk in flow.take_tail():
@@ -68,15 +68,14 @@ async def read_session(conn: Connection, scope: trio.CancelScope) -> tuple[bool,
     assert transport is not None
     receive = transport.receive_some
     flow = conn.flow
-    outlet = conn.outlet
-    emitter = outlet.emitter
+    emitter = conn.host
     upgrade = conn.upgrade
     while upgrade is conn.upgrade:  # until set_secure() is called
-        if flow.kept and outlet.has_consumer():
+        if flow.kept and conn.has_consumer():
             if flow.need_drain:
                 await owed_drain(conn)
             await flush_kept(conn)
-        if flow.paused or (flow.kept_full and not outlet.has_consumer()):
+        if flow.paused or (flow.kept_full and not conn.has_consumer()):
             await conn.park_reader()
             continue
         conn.in_receive = True
@@ -108,16 +107,16 @@ async def read_session(conn: Connection, scope: trio.CancelScope) -> tuple[bool,
         if (
             flow.decoder is None
             and not conn.stopped
-            and outlet.feed is None
+            and flow.feed is None
             and not flow.kept
             and not flow.carry
-            and outlet.free
+            and conn.emission_free
             and emitter.listener_count("data")
         ):
             # The common case, inline: bytes straight to the 'data' listeners.
             pending = emitter.emit("data", data)
             if pending is not None:
-                await outlet.finish(pending)
+                await conn.finish_emission(pending)
             continue
         await deliver(conn, data)
     return False, None
@@ -132,7 +131,7 @@ async def deliver(conn: Connection, data: bytes) -> None:
 
 async def deliver_decoded(conn: Connection, chunk: Chunk) -> None:
     flow = conn.flow
-    if flow.kept or not conn.outlet.has_consumer():
+    if flow.kept or not conn.has_consumer():
         # Nobody takes data yet: keep it (bounded by the high-water mark, see
         # read_session) for the first 'data' listener or ``async for``.
         flow.keep(chunk)
@@ -143,23 +142,24 @@ async def deliver_decoded(conn: Connection, chunk: Chunk) -> None:
 
 async def flush_kept(conn: Connection) -> None:
     flow = conn.flow
-    while flow.kept and conn.outlet.has_consumer() and not flow.paused:
+    while flow.kept and conn.has_consumer() and not flow.paused:
         await _to_consumers(conn, flow.take_kept())
 
 
 async def _to_consumers(conn: Connection, chunk: Chunk) -> None:
     if conn.stopped:
         return  # destroy() means close now: nothing more is delivered
-    outlet = conn.outlet
-    if outlet.emitter.listener_count("data"):
+    host = conn.host
+    flow = conn.flow
+    if host.listener_count("data"):
         await conn.emit("data", chunk)
-    feed = outlet.feed
+    feed = flow.feed
     if feed is not None and not feed.finished and not await feed.put(chunk):
-        if outlet.feed is feed:  # not a new loop started meanwhile
-            outlet.feed = None
-        if not outlet.emitter.listener_count("data"):
+        if flow.feed is feed:  # not a new loop started meanwhile
+            flow.feed = None
+        if not host.listener_count("data"):
             # The loop was left: nobody took this chunk; keep it, first in line.
-            conn.flow.keep(chunk, first=True)
+            flow.keep(chunk, first=True)
 
 
 async def end_of_input(conn: Connection) -> None:
@@ -169,8 +169,8 @@ async def end_of_input(conn: Connection) -> None:
     if not sm.can(Input.PEER_END):
         return  # the stream failed or was destroyed meanwhile (e.g. the writer's EPIPE)
     sm.apply(Input.PEER_END)
-    if conn.outlet.feed is not None:
-        conn.outlet.feed.finish(None)
+    if conn.flow.feed is not None:
+        conn.flow.feed.finish(None)
     await conn.emit("end")
     if not conn.options.allow_half_open and sm.half_open:
         conn.host.end()

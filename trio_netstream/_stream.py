@@ -27,7 +27,14 @@ import attrs
 import trio
 
 from ._block import Block
-from ._connection import TASK_NAME, Connection, Outlet, Owner
+from ._connection import (
+    TASK_NAME,
+    Connection,
+    Owner,
+    apply_socket_options,
+    check_drain_may_wait,
+    note_addresses,
+)
 from ._controls import StreamControls
 from ._dial import Target
 from ._emitter import EventEmitter
@@ -37,7 +44,7 @@ from ._feed import open_feed
 from ._flow import Flow
 from ._options import StreamOptions, check_port, is_path
 from ._socket import SocketTransport
-from ._state import Input
+from ._state import WRITABLE, Input, State
 from ._writer import finish_writer, kick_writer
 
 if TYPE_CHECKING:
@@ -139,7 +146,6 @@ class Stream(StreamControls):
         else:
             raise TypeError("Stream() takes its options as keyword arguments only")
         self._flow = Flow(self._options.high_water_mark)
-        self._outlet = Outlet(self)
         self._conn: Connection | None = None
         # A client stream's owner is made when first needed.
         self._owner: Owner | None = None if _accepted is None else _accepted.owner
@@ -179,14 +185,14 @@ class Stream(StreamControls):
     def _connection(self, **where: Any) -> Connection:
         owner = self._owner if self._server_side else self._client_owner()
         assert owner is not None
-        self._conn = Connection(self, self._flow, self._outlet, owner, self._options, **where)
+        self._conn = Connection(self, self._flow, owner, self._options, **where)
         return self._conn
 
     def _adopt(self, transport: trio.abc.Stream, peer: Any = None, *, fresh: bool = False) -> None:
         conn = self._connection(transport=transport)
         self._flow.sm.apply(Input.ADOPT)
-        conn.note_addresses(peer)
-        conn.apply_socket_options(fresh=fresh)
+        note_addresses(conn, peer)
+        apply_socket_options(conn, fresh=fresh)
         self._secure_from_first_byte(conn)
 
     # -- structured lifecycle --------------------------------------------
@@ -289,16 +295,18 @@ class Stream(StreamControls):
         """
         chunk = _check_chunk(data, encoding)
         flow = self._flow
-        if not flow.sm.writable:
+        state = flow.sm.state
+        if state not in WRITABLE:
             raise StreamStateError(f"write() is not allowed: the stream is {flow.sm.describe()}")
         conn = self._conn
         assert conn is not None
-        accepted = flow.count_write(len(chunk))
+        connecting = state is State.OPENING  # the only writable state not connected
+        accepted = flow.count_write(len(chunk), connecting)
         if not chunk:
             return accepted
         rest: bytes | memoryview = chunk
         direct = conn.direct
-        if direct is not None and flow.may_send_now:
+        if direct is not None and not connecting and not flow.queued:
             # Nothing queued or in flight: send now, as libuv's try-write.
             try:
                 sent = direct.try_send(chunk)
@@ -408,7 +416,7 @@ class Stream(StreamControls):
                 flow.need_drain = False  # nobody listens for the 'drain' this owed
             if flow.flushed:
                 return  # flushed, and the 'drain' a False write() promised came first
-            conn.check_drain_may_wait()
+            check_drain_may_wait(conn)
             await conn.wait_flushed()
 
     async def wait_closed(self) -> None:
@@ -426,10 +434,10 @@ class Stream(StreamControls):
         Ends at ``'end'``; raises the stream's error (which then counts as
         handled). Reads only as fast as the loop consumes.
         """
-        outlet = self._outlet
-        if outlet.feed is not None and outlet.feed.alive:
+        flow = self._flow
+        if flow.feed is not None and flow.feed.alive:
             raise StreamStateError("the stream is already being iterated")
-        outlet.feed, iterator = open_feed(self._flow)
+        flow.feed, iterator = open_feed(flow)
         self._wake_reader()
         return iterator
 

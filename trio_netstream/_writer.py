@@ -101,6 +101,9 @@ async def emit_drain(conn: Connection) -> None:
     step (``Flow.step_done``), then the writer yields so that other tasks run."""
     flow = conn.flow
     flow.need_drain = False
+    # drain() may return now: an async listener that awaits it may be what
+    # holds this emission back.
+    conn.flushed()
     await conn.emit("drain")
     if flow.step_done():
         await trio.lowlevel.checkpoint()
@@ -133,7 +136,6 @@ async def _write_loop(conn: Connection) -> None:
             if flow.need_drain and not flow.sm.connecting:
                 # Everything write() took went out at once (try-write).
                 await emit_drain(conn)
-                conn.flushed()
                 continue
             if flow.sm.sending_eof:
                 conn.wrote_eof = True
