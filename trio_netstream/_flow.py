@@ -106,13 +106,14 @@ class Flow:
         # Writing: chunks not yet handed to the kernel, and their size.
         self.queue: list[bytes | memoryview] = []
         self.queued = 0
-        self.plain_queue: list[bytes | memoryview] = []  # written before set_secure()
+        # Written before set_secure() (made then: an idle stream has none).
+        self.plain_queue: list[bytes | memoryview] | None = None
         self.need_drain = False  # the owed drain
         self.step_writes = 0  # 'drain's emitted since the writer last yielded
         self.step_start = 0  # bytes_written when it last yielded
         # Reading.
         self.paused = False
-        self.kept: list[Chunk] = []  # for a consumer that has not come yet
+        self.kept: list[Chunk] | None = None  # for a consumer that has not come yet
         self.kept_size = 0
         self.decoder: Decoder | None = None
         self.encoding: str | None = None
@@ -131,10 +132,10 @@ class Flow:
         """A new connection (``connect()``): nothing queued, kept or counted."""
         self.queue = []
         self.queued = 0
-        self.plain_queue = []
+        self.plain_queue = None
         self.need_drain = False
         self.step_writes = self.step_start = 0
-        self.kept.clear()
+        self.kept = None
         self.kept_size = 0
         self.bytes_read = self.bytes_written = 0
         # Decoding starts afresh: half a character of the last connection
@@ -190,7 +191,7 @@ class Flow:
     def drop_writes(self) -> None:
         """``destroy()`` or a failure: queued bytes and the owed drain are gone."""
         self.queue = []
-        self.plain_queue = []
+        self.plain_queue = None
         self.queued = 0
         self.need_drain = False
 
@@ -252,20 +253,24 @@ class Flow:
 
     def end_plaintext(self) -> None:
         """Before TLS: plaintext nobody took is dropped; decoding starts afresh."""
-        self.kept.clear()
+        self.kept = None
         self.kept_size = 0
         if self.decoder is not None:
             self.decoder = get_decoder(self.encoding or "utf8")
 
     def keep(self, chunk: Chunk, *, first: bool = False) -> None:
         """Keep *chunk* for a consumer that has not come yet."""
-        if first:
+        if self.kept is None:
+            self.kept = [chunk]
+        elif first:
             self.kept.insert(0, chunk)
         else:
             self.kept.append(chunk)
         self.kept_size += len(chunk)
 
     def take_kept(self) -> Chunk:
+        """The first kept chunk (the caller checked that there is one)."""
+        assert self.kept
         chunk = self.kept.pop(0)
         self.kept_size -= len(chunk)
         return chunk
@@ -291,9 +296,8 @@ class Flow:
             old = self.encoding or "utf8"  # text is only kept while an encoding is set
             raw = [chunk if isinstance(chunk, bytes) else encode(chunk, old) for chunk in kept]
             chunks = raw if new is None else [new.decode(chunk) for chunk in raw]
-            # In place: an ``async for`` that began after the end holds the list.
-            kept[:] = [chunk for chunk in chunks if chunk]
-            self.kept_size = sum(map(len, kept))
+            self.kept = [chunk for chunk in chunks if chunk]
+            self.kept_size = sum(map(len, self.kept))
         self.decoder = new
         self.encoding = encoding
         self.carry = held + self.carry
