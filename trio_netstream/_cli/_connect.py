@@ -17,7 +17,7 @@ import trio
 from .. import Stream, StreamStateError
 from .._encoding import Decoder, get_decoder
 from ._output import EXIT_OK, Failure, describe, host_port, silence_stdout, warn
-from ._starttls import StartTLS
+from ._starttls import DEFAULT_TIMEOUT, StartTLS
 
 
 async def connect_client(
@@ -27,6 +27,7 @@ async def connect_client(
     path: str | None,
     tls: bool = False,
     starttls: bool = False,
+    starttls_timeout: float = DEFAULT_TIMEOUT,
     encoding: str | None = None,
     context: ssl.SSLContext | None = None,
     verbose: bool = False,
@@ -36,7 +37,9 @@ async def connect_client(
     Stdin's end calls ``end()`` (a half-close: the answer is still read);
     returns once the stream has closed: 0, or the exit code of its error.
     The stream does not stay half-open (``allow_half_open=False``): when the
-    server ends, the client ends too.
+    server ends, the client ends too. With *starttls*, TLS must be up within
+    *starttls_timeout* seconds of the start (connection, dialogue and
+    handshake), else the command fails.
     """
     options: dict[str, Any] = {"allow_half_open": False}
     if tls:
@@ -55,6 +58,7 @@ async def connect_client(
         relay.negotiation = StartTLS(
             stream, context or ssl.create_default_context(), host, relay.note
         )
+        relay.negotiation_timeout = starttls_timeout
     else:
         relay.starting.set()
     relay.listen()
@@ -82,6 +86,7 @@ class _Relay:
         self.errors: list[BaseException] = []
         self.starting = trio.Event()
         self.negotiation: StartTLS | None = None
+        self.negotiation_timeout = DEFAULT_TIMEOUT
 
     def note(self, text: str) -> None:
         if self.verbose:
@@ -119,6 +124,8 @@ class _Relay:
 
         def on_end() -> None:
             note("end")
+            if self.negotiation is not None:
+                self.negotiation.ended()  # before TLS: a failure
             if decoder is not None:
                 self.emit(decoder.flush())  # what the decoder still holds (a base64 tail...)
 
@@ -148,6 +155,10 @@ class _Relay:
         async with trio.open_nursery() as nursery:
             async with self.stream:
                 nursery.start_soon(self.pump)
+                if self.negotiation is not None:
+                    nursery.start_soon(
+                        self.negotiation.deadline, self.negotiation_timeout, self.starting
+                    )
             nursery.cancel_scope.cancel()
         if self.errors:
             message, code = describe(self.errors[0], self.target)

@@ -21,6 +21,7 @@ from ._demo import demo
 from ._echo import echo_server
 from ._output import EXIT_NETWORK, EXIT_OK, EXIT_SIGINT, EXIT_TLS, Failure, warn
 from ._parser import build_parser, check
+from ._starttls import DEFAULT_TIMEOUT
 from ._workers import echo_workers
 
 
@@ -88,6 +89,7 @@ def _run_connect(args: argparse.Namespace) -> int:
             path=args.unix,
             tls=args.tls,
             starttls=args.starttls,
+            starttls_timeout=args.starttls_timeout or DEFAULT_TIMEOUT,
             encoding=args.encoding,
             context=context,
             verbose=args.verbose,

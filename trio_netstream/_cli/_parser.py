@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from .._encoding import normalize
 from ._output import PROG
+from ._starttls import DEFAULT_TIMEOUT
 
 EXIT_CODES = """\
 exit codes:
@@ -43,8 +44,10 @@ ends, the client ends too.
            220 greeting, send "EHLO [<local address>]", wait for 250, send
            "STARTTLS", wait for 220, run the TLS handshake; stdin is read only
            once TLS is up (send EHLO again first, as SMTP requires). The
-           plaintext replies are printed too. Any other reply, or plaintext
-           after the final 220, aborts with exit code 1.
+           plaintext replies are printed too. Any other reply (or a line
+           that is no SMTP reply), plaintext after the final 220, the server
+           closing before TLS, or TLS not up within --starttls-timeout
+           seconds (default 10) aborts with exit code 1.
 
 Certificates are verified against the system's CAs, or --ca-file; the
 server's name must match (not for --unix)."""
@@ -71,6 +74,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
     return value
 
 
@@ -162,6 +175,13 @@ def _connect_options(connect: argparse.ArgumentParser) -> None:
     mode = connect.add_mutually_exclusive_group()
     mode.add_argument("--tls", action="store_true", help="TLS from the first byte")
     mode.add_argument("--starttls", action="store_true", help="SMTP-style STARTTLS (see above)")
+    connect.add_argument(
+        "--starttls-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="give up unless TLS is up within SECONDS: connection, dialogue and "
+        f"handshake (default: {DEFAULT_TIMEOUT:g})",
+    )
     trust = connect.add_mutually_exclusive_group()
     trust.add_argument("--ca-file", metavar="FILE", help="trust the CA certificates in FILE (PEM)")
     trust.add_argument(
@@ -193,3 +213,5 @@ def check(args: argparse.Namespace) -> None:
             parser.error("give HOST PORT, or --unix PATH")
         if (args.ca_file is not None or args.insecure) and not (args.tls or args.starttls):
             parser.error("--ca-file and --insecure need --tls or --starttls")
+        if args.starttls_timeout is not None and not args.starttls:
+            parser.error("--starttls-timeout needs --starttls")

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Callable
 
+import trio
+
 from .. import Stream
 from ._output import ProtocolError
+
+#: The reply each step waits for, and what the step's messages call it.
+_EXPECTED = {"greeting": 220, "ehlo": 250, "starttls": 220}
+_WHAT = {"greeting": "greeting", "ehlo": "EHLO", "starttls": "STARTTLS"}
+_WAITING_FOR = {
+    "greeting": "the 220 greeting",
+    "ehlo": "the reply to EHLO",
+    "starttls": "the reply to STARTTLS",
+    "upgrading": "the TLS handshake",
+}
+#: A reply line (RFC 5321, 4.2): three digits, then a space, ``-`` or nothing.
+_REPLY_LINE = re.compile(r"(\d{3})([ -].*)?")
+
+DEFAULT_TIMEOUT = 10.0  # seconds until TLS must be up
 
 
 class StartTLS:
@@ -14,9 +31,12 @@ class StartTLS:
 
     Waits for the ``220`` greeting, sends ``EHLO``, waits for ``250``, sends
     ``STARTTLS``, waits for ``220`` and calls ``set_secure()``. Replies may be
-    multi-line (``250-...`` lines, then ``250 ...``). Anything else, or bytes
-    after the final ``220`` (they could be injected plaintext), is a
-    :class:`ProtocolError`.
+    multi-line (``250-...`` lines, then ``250 ...``). Each failure destroys
+    the stream with a :class:`ProtocolError`: a line that is not the
+    expected reply (another code, or no reply at all, such as an echo
+    server's ``hello``), bytes after the final ``220`` (they could be
+    injected plaintext), the server ending before TLS (:meth:`ended`), or
+    TLS not up in time (:meth:`deadline`).
     """
 
     def __init__(
@@ -37,46 +57,63 @@ class StartTLS:
     def negotiating(self) -> bool:
         return self.step != "upgrading"
 
-    def _reply(self) -> tuple[int, str] | None:
-        """Take one complete reply from the buffer: its code and last line."""
-        start = 0
-        while (end := self.buffer.find(b"\n", start)) >= 0:
-            line = bytes(self.buffer[start:end]).rstrip(b"\r").decode("utf-8", "replace")
-            start = end + 1
-            if len(line) >= 3 and line[:3].isdigit() and line[3:4] != "-":
-                del self.buffer[:start]
-                return int(line[:3]), line
-        return None
+    def _line(self) -> str | None:
+        """Take one complete line from the buffer (without its line end)."""
+        end = self.buffer.find(b"\n")
+        if end < 0:
+            return None
+        line = bytes(self.buffer[:end]).rstrip(b"\r").decode("utf-8", "replace")
+        del self.buffer[: end + 1]
+        return line
 
     def _send(self, command: str) -> None:
         self.note(f"> {command}")
         self.stream.write(f"{command}\r\n")
 
+    def _fail(self, problem: str) -> None:
+        self.stream.destroy(ProtocolError(f"STARTTLS: {problem}"))
+
     def feed(self, chunk: bytes) -> None:
+        """Received bytes (while :attr:`negotiating`): answer complete replies."""
         self.buffer += chunk
-        while self.negotiating and (reply := self._reply()) is not None:
-            code, line = reply
-            expected = {"greeting": 220, "ehlo": 250, "starttls": 220}[self.step]
-            if code != expected:
-                what = {"greeting": "greeting", "ehlo": "EHLO", "starttls": "STARTTLS"}[self.step]
-                self.stream.destroy(
-                    ProtocolError(f"STARTTLS: expected {expected} to {what}, got {line!r}")
-                )
+        while self.negotiating and (line := self._line()) is not None:
+            expected = _EXPECTED[self.step]
+            match = _REPLY_LINE.fullmatch(line)
+            if match is None or int(match[1]) != expected:
+                self._fail(f"expected {expected} to {_WHAT[self.step]}, got {line!r}")
                 return
-            if self.step == "greeting":
-                self._send(f"EHLO {self._client_name()}")
-                self.step = "ehlo"
-            elif self.step == "ehlo":
-                self._send("STARTTLS")
-                self.step = "starttls"
-            else:
-                self.step = "upgrading"
-                if self.buffer:
-                    self.stream.destroy(
-                        ProtocolError("STARTTLS: the server sent plaintext after its 220 reply")
-                    )
-                    return
-                self.stream.set_secure(self.context, server_hostname=self.hostname)
+            if line[3:4] != "-":  # the last line of the reply
+                self._advance()
+
+    def _advance(self) -> None:
+        """The expected reply came: the step's command, or the upgrade."""
+        if self.step == "greeting":
+            self._send(f"EHLO {self._client_name()}")
+            self.step = "ehlo"
+        elif self.step == "ehlo":
+            self._send("STARTTLS")
+            self.step = "starttls"
+        else:
+            self.step = "upgrading"
+            if self.buffer:
+                self._fail("the server sent plaintext after its 220 reply")
+                return
+            self.stream.set_secure(self.context, server_hostname=self.hostname)
+
+    def ended(self) -> None:
+        """The server ended its side: before TLS, that aborts the dialogue."""
+        if self.negotiating:
+            waiting_for = _WAITING_FOR[self.step]
+            self._fail(f"the server closed the connection before TLS (waiting for {waiting_for})")
+
+    async def deadline(self, seconds: float, secure: trio.Event) -> None:
+        """Destroy the stream if *secure* is not set within *seconds*."""
+        with trio.move_on_after(seconds):
+            await secure.wait()
+            return
+        connecting = self.stream.ready_state == "opening"
+        waiting_for = "the connection" if connecting else _WAITING_FOR[self.step]
+        self._fail(f"no answer within {seconds:g} s (waiting for {waiting_for})")
 
     def _client_name(self) -> str:
         """An address literal for EHLO (RFC 5321, 4.1.3)."""

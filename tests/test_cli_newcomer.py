@@ -1,0 +1,116 @@
+"""The command line in a newcomer's first hour (issue 14), run as a user runs it.
+
+Every command is a child process (``python -m trio_netstream``) talking to
+real peers on 127.0.0.1: the CLI's own ``echo``, or raw Trio and stdlib
+sockets scripted here. Every test is bounded in time and reaps its children.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from test_cli_commands import (
+    echo_server,
+    raw_server,
+    receive_all,
+    run_connect,
+)
+
+LIMIT = 20  # seconds; a hang fails the test instead of blocking the run
+
+
+# -- connect --starttls: anything but the dialogue aborts with exit 1 ----------------
+
+
+async def test_connect_starttls_to_a_plain_echo_server_exits_1() -> None:
+    # The echo server greets with "hello", not "220 ...": no SMTP here.
+    with trio.fail_after(LIMIT):
+        async with echo_server() as (_, host, port):
+            result = await run_connect(host, str(port), "--starttls", stdin=b"secret\n")
+    assert result.returncode == 1
+    assert result.stdout == b"hello\r\n"
+    assert result.stderr.decode() == (
+        f"trio-netstream: STARTTLS: expected 220 to greeting, got 'hello': 127.0.0.1:{port}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("greeting", "waiting_for"),
+    [
+        (b"", "the 220 greeting"),
+        (b"220 ready\r\n", "the reply to EHLO"),
+        (b"220-half a reply\r\n", "the 220 greeting"),
+    ],
+)
+async def test_connect_starttls_to_a_peer_that_closes_before_tls_exits_1(
+    greeting: bytes, waiting_for: str
+) -> None:
+    async def greet_and_close(stream: trio.SocketStream) -> None:
+        if greeting:
+            await stream.send_all(greeting)
+
+    with trio.fail_after(LIMIT):
+        async with raw_server(greet_and_close) as port:
+            result = await run_connect("127.0.0.1", str(port), "--starttls", "-v")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == greeting
+    err = result.stderr.decode().splitlines()
+    assert err[-1] == (
+        "trio-netstream: STARTTLS: the server closed the connection before TLS "
+        f"(waiting for {waiting_for}): 127.0.0.1:{port}"
+    )
+    assert "trio-netstream: closed (had_error=True)" in err
+
+
+@pytest.mark.parametrize(
+    ("script", "waiting_for"),
+    [
+        ([], "the 220 greeting"),
+        ([b"220 ready\r\n"], "the reply to EHLO"),
+        ([b"220 ready\r\n", b"250 ok\r\n"], "the reply to STARTTLS"),
+    ],
+)
+async def test_connect_starttls_gives_up_on_a_silent_peer(
+    script: list[bytes], waiting_for: str
+) -> None:
+    async def answer_then_fall_silent(stream: trio.SocketStream) -> None:
+        for reply in script:
+            await stream.send_all(reply)
+            if reply.startswith(b"250"):
+                break
+            await stream.receive_some()  # the client's next command
+        await receive_all(stream)  # silent until the client goes away
+
+    with trio.fail_after(LIMIT):
+        async with raw_server(answer_then_fall_silent) as port:
+            start = trio.current_time()
+            result = await run_connect(
+                "127.0.0.1", str(port), "--starttls", "--starttls-timeout", "0.5"
+            )
+            elapsed = trio.current_time() - start
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == b"".join(script)
+    assert result.stderr.decode() == (
+        f"trio-netstream: STARTTLS: no answer within 0.5 s (waiting for {waiting_for}): "
+        f"127.0.0.1:{port}\n"
+    )
+    assert elapsed < 10  # the child starts in about a second; the wait was 0.5 s
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["127.0.0.1", "25", "--starttls-timeout", "5"],  # only with --starttls
+        ["127.0.0.1", "25", "--starttls", "--starttls-timeout", "0"],
+        ["127.0.0.1", "25", "--starttls", "--starttls-timeout", "soon"],
+    ],
+)
+async def test_connect_starttls_timeout_is_checked(argv: list[str]) -> None:
+    with trio.fail_after(LIMIT):
+        result = await run_connect(*argv)
+    assert result.returncode == 2
+    assert result.stdout == b""
+    err = result.stderr.decode()
+    assert err.startswith("usage: trio-netstream connect ")
+    assert "trio-netstream connect: error: " in err
+    assert "--starttls-timeout" in err
