@@ -4,7 +4,8 @@
   :data:`trio_netstream._state.TRANSITIONS` (see :func:`state_graph`): a small
   layered ("Sugiyama") layout in plain Python, so the docs need no Graphviz
   binary, no JavaScript and no network, and the picture cannot drift from
-  the code.
+  the code. Edges that share a target and a label (every state's
+  ``destroy()``) join before it: one label, one arrowhead.
 * :func:`node_aliases` finds the Node (camelCase) names of a class or module
   and the Python names they are the very same object as.
 """
@@ -26,8 +27,13 @@ from typing import Any
 class Edge:
     source: str
     target: str
-    label: str
+    label: str  # the input, as the table names it
     kind: str  # the input's name, for styling
+    text: str = ""  # what the diagram shows (default: the label)
+
+    @property
+    def shown(self) -> str:
+        return self.text or self.label
 
 
 @dataclass
@@ -35,6 +41,11 @@ class Graph:
     nodes: list[str]  # in definition order; the first is the initial state
     captions: dict[str, str]  # second line of a node's box
     edges: list[Edge]
+
+
+# How the diagram words an input, where the table's name alone would mislead
+# a reader: a failure moves a stream to DESTROYED just as destroy() does.
+SHOWN = {"DESTROY": "destroy() / failure"}
 
 
 def state_graph() -> Graph:
@@ -48,7 +59,8 @@ def state_graph() -> Graph:
         edges=[],
     )
     for (source, given), target in _state.TRANSITIONS.items():
-        graph.edges.append(Edge(source.name, target.name, given.value, given.name))
+        shown = SHOWN.get(given.name, "")
+        graph.edges.append(Edge(source.name, target.name, given.value, given.name, shown))
     return graph
 
 
@@ -57,9 +69,13 @@ def state_graph() -> Graph:
 # Top to bottom: every state gets a rank (its longest path from the initial
 # state, cycles broken at their back edges), ranks become rows, and the rows
 # in between hold the edges' labels and the bends of edges that span several
-# rows. Rows are ordered by barycentre sweeps (fewest crossings kept), then
-# every item is pulled towards its neighbours while keeping its row's order
-# and gaps. Edges are cubic curves through their bends, vertical at each end.
+# rows. Forward edges with the same target and label join in the row above
+# their target, at one shared label, and go on as one line with one
+# arrowhead. Rows are ordered by barycentre sweeps (fewest crossings kept),
+# then every item is pulled towards its neighbours while keeping its row's
+# order and gaps. An edge runs straight down through every row it crosses
+# (beside the states and labels there, never across them) and bends only in
+# the gaps between rows, as a cubic curve, vertical at each end.
 
 FONT = 12.0  # px; monospace, so a character is 0.6 em wide
 CHAR = FONT * 0.6
@@ -67,7 +83,7 @@ NODE_HEIGHT = 40.0
 NODE_PAD = 12.0
 LABEL_HEIGHT = 16.0
 GAP = 16.0  # between neighbours in a row
-ROW_GAP = 14.0  # between rows
+ROW_GAP = 20.0  # between rows
 MARGIN = 12.0
 SCALE = 1.2  # shown a little larger than drawn: the text stays readable
 
@@ -81,7 +97,7 @@ class Item:
     """
 
     key: str
-    kind: str  # "node" | "label" | "bend"
+    kind: str  # "node" | "label" | "bend" | "join" (the label where edges join)
     before: float
     after: float
     height: float
@@ -213,6 +229,72 @@ def _pava(targets: Sequence[float], offsets: Sequence[float]) -> list[float]:
     return [value + offset for value, offset in zip(values, offsets, strict=True)]
 
 
+def _joins(graph: Graph, back: set[int], items: dict[str, Item]) -> dict[int, Item]:
+    """The shared label of every group of forward edges with one target and
+    one label (two edges or more), placed in the row above that target."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, edge in enumerate(graph.edges):
+        if index not in back and edge.source != edge.target:
+            groups.setdefault((edge.target, edge.label), []).append(index)
+    joins: dict[int, Item] = {}
+    for (target, _), members in groups.items():
+        if len(members) < 2:
+            continue
+        text = graph.edges[members[0]].shown
+        layer = items[target].layer - 1
+        join = Item(f"join:{target}:{text}", "join", 2.0, _text_width(text) + 6,
+                    LABEL_HEIGHT, layer, text=text)  # fmt: skip
+        items[join.key] = join
+        joins.update(dict.fromkeys(members, join))
+    return joins
+
+
+def _chains(
+    graph: Graph, back: set[int], items: dict[str, Item]
+) -> tuple[list[Route], list[tuple[Item, Item]]]:
+    """Every edge as a chain of items, one per row it spans, and the links
+    between neighbouring rows (each once)."""
+    joins = _joins(graph, back, items)
+    routes: list[Route] = []
+    links: dict[tuple[int, int], tuple[Item, Item]] = {}
+    crowd: dict[int, int] = {}  # labels per row; a join counts once per edge it joins
+    for join in joins.values():
+        crowd[join.layer] = crowd.get(join.layer, 0) + 1
+    for index, edge in enumerate(graph.edges):
+        if edge.source == edge.target:
+            continue  # self-loops are not drawn (no state machine of ours has one)
+        start, end = (edge.target, edge.source) if index in back else (edge.source, edge.target)
+        first, last = items[start].layer, items[end].layer
+        join = joins.get(index)
+        if join is None:
+            # The label goes to the least crowded row of the span, the one
+            # nearest the edge's source among equals.
+            near = last if index in back else first
+            label_layer = min(
+                range(first + 1, last, 2), key=lambda row: (crowd.get(row, 0), abs(row - near))
+            )
+            crowd[label_layer] = crowd.get(label_layer, 0) + 1
+        chain = [items[start]]
+        for layer in range(first + 1, last):
+            key = f"{index}@{layer}"
+            if join is not None and layer == join.layer:
+                bend = join
+            elif join is None and layer == label_layer:
+                width = _text_width(edge.shown) + 6
+                bend = Item(key, "label", 2.0, width, LABEL_HEIGHT, layer, text=edge.shown)
+            else:
+                bend = Item(key, "bend", 0.0, 0.0, 0.0, layer)
+            items[bend.key] = bend
+            chain.append(bend)
+        chain.append(items[end])
+        for a, b in itertools.pairwise(chain):
+            links[id(a), id(b)] = (a, b)
+        if index in back:
+            chain.reverse()
+        routes.append(Route(edge, chain))
+    return routes, list(links.values())
+
+
 def layout(graph: Graph) -> tuple[list[list[Item]], list[Route], float, float]:
     """Place every state, label and bend; return rows, routes and the size."""
     back = _back_edges(graph)
@@ -221,36 +303,7 @@ def layout(graph: Graph) -> tuple[list[list[Item]], list[Route], float, float]:
     for name in graph.nodes:
         half = max(_text_width(name), _text_width(graph.captions[name])) / 2 + NODE_PAD
         items[name] = Item(name, "node", half, half, NODE_HEIGHT, layer=2 * rank[name], text=name)
-    routes: list[Route] = []
-    links: list[tuple[Item, Item]] = []
-    crowd: dict[int, int] = {}
-    for index, edge in enumerate(graph.edges):
-        if edge.source == edge.target:
-            continue  # self-loops are not drawn (no state machine of ours has one)
-        start, end = (edge.target, edge.source) if index in back else (edge.source, edge.target)
-        first, last = items[start].layer, items[end].layer
-        # The label goes to the least crowded row of the span, the one
-        # nearest the edge's source among equals.
-        near = last if index in back else first
-        label_layer = min(
-            range(first + 1, last, 2), key=lambda row: (crowd.get(row, 0), abs(row - near))
-        )
-        crowd[label_layer] = crowd.get(label_layer, 0) + 1
-        chain = [items[start]]
-        for layer in range(first + 1, last):
-            key = f"{index}@{layer}"
-            if layer == label_layer:
-                width = _text_width(edge.label) + 6
-                bend = Item(key, "label", 2.0, width, LABEL_HEIGHT, layer, text=edge.label)
-            else:
-                bend = Item(key, "bend", 0.0, 0.0, 0.0, layer)
-            items[key] = bend
-            chain.append(bend)
-        chain.append(items[end])
-        links.extend(itertools.pairwise(chain))
-        if index in back:
-            chain.reverse()
-        routes.append(Route(edge, chain))
+    routes, links = _chains(graph, back, items)
 
     depth = max(item.layer for item in items.values()) + 1
     layers: list[list[Item]] = [[] for _ in range(depth)]
@@ -259,11 +312,14 @@ def layout(graph: Graph) -> tuple[list[list[Item]], list[Route], float, float]:
     layers = _order(layers, links)
 
     # y: each row as tall as its tallest item.
+    # A bend takes its row's height: its edge runs straight down through it.
     y = MARGIN
     for layer in layers:
         height = max((item.height for item in layer), default=0.0)
         for item in layer:
             item.y = y + height / 2
+            if item.kind == "bend":
+                item.height = height
         y += height + ROW_GAP
     total_height = y - ROW_GAP + MARGIN
 
@@ -313,20 +369,26 @@ DEFAULT_STYLE = ("#1f3b5c", "")
 
 
 def _slots(routes: list[Route]) -> dict[tuple[int, int], float]:
-    """Spread the edges meeting a side (top/bottom) of a state along it."""
-    ends: dict[tuple[int, int], tuple[Item, list[tuple[float, int, int]]]] = {}
+    """Spread the edges meeting a side (top/bottom) of a state along it;
+    edges that reach it through the same item (a join) share one slot."""
+    ends: dict[tuple[int, int], tuple[Item, dict[int, list[tuple[int, int]]], list[Item]]] = {}
     for r, route in enumerate(routes):
         pairs = ((route.items[0], route.items[1]), (route.items[-1], route.items[-2]))
         for position, (node, other) in enumerate(pairs):
             side = 1 if other.y > node.y else -1
-            ends.setdefault((id(node), side), (node, []))[1].append((other.x, r, position))
+            _, by_other, others = ends.setdefault((id(node), side), (node, {}, []))
+            if id(other) not in by_other:
+                others.append(other)
+            by_other.setdefault(id(other), []).append((r, position))
     slots: dict[tuple[int, int], float] = {}
-    for node, group in ends.values():
-        group.sort()
-        spread = min(node.before + node.after - 2 * NODE_PAD, 18.0 * (len(group) - 1))
-        for i, (_, r, position) in enumerate(group):
-            offset = 0.0 if len(group) == 1 else -spread / 2 + spread * i / (len(group) - 1)
-            slots[r, position] = offset
+    for node, by_other, others in ends.values():
+        others.sort(key=lambda other: other.x)
+        count = len(others)
+        spread = min(node.before + node.after - 2 * NODE_PAD, 18.0 * (count - 1))
+        for i, other in enumerate(others):
+            offset = 0.0 if count == 1 else -spread / 2 + spread * i / (count - 1)
+            for key in by_other[id(other)]:
+                slots[key] = offset
     return slots
 
 
@@ -364,33 +426,42 @@ def render_svg(graph: Graph, title: str) -> str:
             f'<path d="M0,0 L10,5 L0,10 z" fill="{colour}"/></marker>'
         )
     out.append("</defs>")
-    labels = []
+    labels: dict[str, str] = {}  # one text per label item, however many edges join there
+    trunks: dict[str, str] = {}  # from each join to its target: drawn once
     for r, route in enumerate(routes):
         colour, dash = STYLES.get(route.edge.kind, DEFAULT_STYLE)
+        marker = f' marker-end="url(#sd-arrow-{colours.index(colour)})"'
+        dashing = f' stroke-dasharray="{dash}"' if dash else ""
         chain = route.items
         points = [_port(chain[0], chain[1], slots[r, 0])]
         for item in chain[1:-1]:
-            if item.kind == "label":  # the line runs down the left of its text
-                top, bottom = item.y - item.height / 2, item.y + item.height / 2
-                if chain[0].y > chain[-1].y:
-                    top, bottom = bottom, top
-                points += [(item.x, top), (item.x, bottom)]
-                labels.append(
+            # Straight down (or up) through the row: beside a label's text, or
+            # beside the states of a row the edge passes.
+            top, bottom = item.y - item.height / 2, item.y + item.height / 2
+            if chain[0].y > chain[-1].y:
+                top, bottom = bottom, top
+            points += [(item.x, top), (item.x, bottom)] if top != bottom else [(item.x, top)]
+            if item.kind in ("label", "join"):
+                labels[item.key] = (
                     f'<text x="{item.x + 4:.1f}" y="{item.y + 4:.1f}" fill="{colour}">'
                     f"{html.escape(item.text)}</text>"
                 )
-            else:
-                points.append((item.x, item.y))
         points.append(_port(chain[-1], chain[-2], slots[r, 1]))
-        marker = colours.index(colour)
-        dashing = f' stroke-dasharray="{dash}"' if dash else ""
+        if chain[-2].kind == "join":  # the edge ends where it joins; the trunk goes on
+            trunks[chain[-2].key] = (
+                f'<path d="{_path(points[-3:])}" fill="none" stroke="{colour}" '
+                f'stroke-width="1.4"{dashing}{marker}>'
+                f"<title>{html.escape(chain[-2].text)}</title></path>"
+            )
+            points, marker = points[:-2], ""
         out.append(
             f'<path d="{_path(points)}" fill="none" stroke="{colour}" stroke-width="1.4"'
-            f'{dashing} marker-end="url(#sd-arrow-{marker})">'
+            f"{dashing}{marker}>"
             f"<title>{html.escape(route.edge.source)} --{html.escape(route.edge.label)}--&gt; "
             f"{html.escape(route.edge.target)}</title></path>"
         )
-    out.extend(labels)
+    out.extend(trunks.values())
+    out.extend(labels.values())
     initial = graph.nodes[0]
     for layer in layers:
         for item in layer:
@@ -442,3 +513,4 @@ def node_aliases(target: Any) -> list[tuple[str, str]]:
 
 def is_node_alias(owner: Any, name: str) -> bool:
     return any(alias == name for alias, _ in node_aliases(owner))
+
