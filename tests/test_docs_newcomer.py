@@ -1,8 +1,12 @@
-"""A newcomer's first hour with the docs (issue 14).
+"""A newcomer's first hour with the README and the docs (issue 14).
 
-* The events page speaks to users, not to maintainers.
-* The state diagram's edges into DESTROYED are legible, and no edge
-  crosses a state it does not touch.
+* The README works on a package index page too (absolute links), says
+  what its test command runs and how long it takes, and keeps its two
+  commands as ``.ci/run`` runs them.
+* The built pages: the README's commands are shown whole on the index page,
+  the state diagram's edges into DESTROYED are legible and no edge crosses
+  a state it does not touch, the demo's transcript is in the order the demo
+  prints it, and the events page speaks to users, not to maintainers.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from trio_netstream import _state
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+README = ROOT / "README.md"
+REPOSITORY = "https://github.com/trio-netstream/trio_netstream/"
+
+# -- the built site ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +52,137 @@ def _page_text(page: Path) -> str:
     source = page.read_text(encoding="utf-8")
     source = re.sub(r"<(script|style)\b.*?</\1>", " ", source, flags=re.DOTALL)
     return html.unescape(re.sub(r"<[^>]+>", "", source))
+
+
+# -- the README --------------------------------------------------------------------
+
+README_COMMANDS = [
+    "python3 -m venv .venv && .venv/bin/pip install -q ."
+    " && .venv/bin/python -m trio_netstream demo",
+    'python3 -m venv .venv && .venv/bin/pip install -q -e ".[test]"'
+    " && .venv/bin/python -m pytest --cov=trio_netstream --cov-branch --cov-fail-under=90",
+]
+
+
+def test_readme_opens_with_its_two_commands() -> None:
+    """The first code of the README is exactly the two commands, and the test
+    command is the one ``.ci/run`` runs."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index("```sh")
+    assert not any(line.startswith("```") for line in lines[:start])
+    assert lines[start + 1 : start + 4] == [*README_COMMANDS, "```"]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert ci[-1] == README_COMMANDS[1]
+
+
+def test_readme_says_what_the_test_command_runs_and_how_long() -> None:
+    """Between the commands and the rule below them: the time it takes, the
+    linter, both type checkers and the docs build."""
+    text = README.read_text(encoding="utf-8")
+    intro = text[text.index("```\n", text.index("```sh")) : text.index("\n---\n")]
+    intro = " ".join(intro.split())
+    assert re.search(r"about 2.4 minutes", intro), intro
+    for word in ("ruff", "mypy", "pyright", "docs build"):
+        assert word in intro, word
+
+
+def test_readme_links_work_on_a_package_index_page() -> None:
+    """Every link is absolute; links into the repository name a file that exists."""
+    text = README.read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links, "the README links to its docs"
+    for link in links:
+        assert link.startswith("https://"), link
+        if link.startswith(REPOSITORY):
+            kind, branch, path = link[len(REPOSITORY) :].split("/", 2)
+            assert (kind, branch) in {("blob", "main"), ("tree", "main")}, link
+            assert (ROOT / path).exists(), link
+
+
+# -- the index page: the README's commands, the demo's transcript ---------------------
+
+
+def test_index_shows_the_readme_commands_whole(built: Path) -> None:
+    """Each command is on the page, in a block that wraps between words
+    (``div.command``) instead of being cut off at the right edge."""
+    page = (built / "index.html").read_text(encoding="utf-8")
+    blocks = re.findall(r'<div class="command highlight"><pre>(.*?)</pre></div>', page, re.DOTALL)
+    shown = [html.unescape(re.sub(r"<[^>]+>", "", block)) for block in blocks]
+    assert shown == README_COMMANDS
+    for block in blocks:
+        words = re.findall(r'<span class="word[^"]*">(.*?)</span>', block)
+        assert " ".join(html.unescape(word) for word in words) == html.unescape(
+            re.sub(r"<[^>]+>", "", block)
+        )
+    css = (DOCS / "_static" / "custom.css").read_text(encoding="utf-8")
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.DOTALL)
+    rules = {name.strip(): body for name, body in re.findall(r"([^{}]+)\{([^}]*)\}", css)}
+    assert "white-space: pre-wrap" in rules["div.command pre"]
+    assert "white-space: nowrap" in rules["div.command span.word"]
+
+
+def _index_transcript() -> list[str]:
+    text = (DOCS / "index.md").read_text(encoding="utf-8")
+    after = text[text.index("The demo's transcript") :]
+    start = after.index("```{code-block} text\n") + len("```{code-block} text\n")
+    return after[start : after.index("```", start)].splitlines()
+
+
+PORT = re.compile(r"(?<=', )\d+(?=\))|(?<=:)\d+(?=')")
+LINE = re.compile(r"^(?P<side>\S+) (?P<event>\w+)\((?P<args>.*)\)$")
+
+
+def _canonical(lines: list[str]) -> list[str]:
+    """The transcript with what legitimately varies between runs taken out:
+    the port numbers; which of a client's ``connect()`` and the server's
+    ``connection(...)`` comes first; and how the bytes are split into
+    ``data`` events (a side's data is merged into its next ``data`` when
+    only the other side's lines come between)."""
+    lines = [PORT.sub("N", line) for line in lines]
+    for i in range(len(lines) - 1):
+        first, second = LINE.match(lines[i]), LINE.match(lines[i + 1])
+        if (
+            first
+            and second
+            and first["side"] != second["side"]
+            and (first["event"], second["event"]) == ("connect", "connection")
+        ):
+            lines[i], lines[i + 1] = lines[i + 1], lines[i]
+    merged: list[str] = []
+    for line in lines:
+        match = LINE.match(line)
+        if match and match["event"] == "data":
+            for j in range(len(merged) - 1, -1, -1):
+                earlier = LINE.match(merged[j])
+                if earlier is None or earlier["side"] == match["side"]:
+                    if earlier and earlier["event"] == "data":
+                        payload = earlier["args"][1:-1] + match["args"][1:-1]
+                        del merged[j]
+                        line = f"{match['side']} data('{payload}')"
+                    break
+        merged.append(line)
+    return merged
+
+
+def test_canonical_transcript_knows_only_the_documented_races() -> None:
+    """What ``_canonical`` forgives, and what it does not."""
+    one = ["s connection('h:1')", "c connect()", "c data('a')", "s data('x')", "c data('b')"]
+    two = ["c connect()", "s connection('h:2')", "s data('x')", "c data('ab')"]
+    assert _canonical(one) == _canonical(two)
+    assert _canonical(["s end()", "c end()"]) != _canonical(["c end()", "s end()"])
+
+
+def test_index_transcript_is_what_the_demo_prints() -> None:
+    """The transcript on the index page, line by line as the demo prints it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_netstream", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert _canonical(_index_transcript()) == _canonical(result.stdout.splitlines())
 
 
 # -- the events page ----------------------------------------------------------------

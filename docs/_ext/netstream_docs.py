@@ -6,6 +6,8 @@
 * ``state-table``: the same table as text (every legal move).
 * ``node-aliases``: the Node (camelCase) names of a class or module and the
   Python names they are aliases of, found by identity, not written by hand.
+* ``readme-command``: one of the README's two commands, read from the
+  README, shown whole (it wraps between words).
 
 The ``autodoc-skip-member`` hook leaves those aliases out of the API
 reference (they are listed once, in the alias tables, instead).
@@ -15,11 +17,20 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from docutils import nodes
 from docutils.parsers.rst import directives
-from netstream_gen import _CAMEL, is_node_alias, node_aliases, render_svg, state_graph
+from netstream_gen import (
+    _CAMEL,
+    command_html,
+    is_node_alias,
+    node_aliases,
+    readme_commands,
+    render_svg,
+    state_graph,
+)
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
@@ -109,6 +120,22 @@ class NodeAliases(SphinxDirective):
         return [_table(["Node name", "Python name (the same object)"], rows)]
 
 
+class ReadmeCommand(SphinxDirective):
+    """``.. readme-command:: 1``: the README's first (or second) command."""
+
+    required_arguments = 1
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        readme = Path(self.env.srcdir).parent / "README.md"
+        self.env.note_dependency(str(readme))
+        commands = readme_commands(readme.read_text(encoding="utf-8"))
+        number = int(self.arguments[0])
+        if not 1 <= number <= len(commands):
+            raise self.error(f"the README has {len(commands)} commands, not {number}")
+        return [nodes.raw("", command_html(commands[number - 1]), format="html")]
+
+
 def _state_source() -> str:
     from trio_netstream import _state
 
@@ -147,6 +174,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("state-diagram", StateDiagram)
     app.add_directive("state-table", StateTable)
     app.add_directive("node-aliases", NodeAliases)
+    app.add_directive("readme-command", ReadmeCommand)
     app.connect("autodoc-skip-member", _skip_aliases)
     # Before sphinx.ext.napoleon (priority 500) sees the docstring.
     app.connect("autodoc-process-docstring", _plain_property_docstrings, priority=400)

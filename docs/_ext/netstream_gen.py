@@ -8,6 +8,8 @@
   ``destroy()``) join before it: one label, one arrowhead.
 * :func:`node_aliases` finds the Node (camelCase) names of a class or module
   and the Python names they are the very same object as.
+* :func:`readme_commands` reads the README's commands, and
+  :func:`command_html` shows one so that it wraps between words only.
 """
 
 from __future__ import annotations
@@ -514,3 +516,24 @@ def node_aliases(target: Any) -> list[tuple[str, str]]:
 def is_node_alias(owner: Any, name: str) -> bool:
     return any(alias == name for alias, _ in node_aliases(owner))
 
+
+# -- the README's commands -------------------------------------------------------
+
+
+def readme_commands(readme: str) -> list[str]:
+    """The lines of the README's first ``sh`` block: its two commands."""
+    lines = readme.splitlines()
+    start = lines.index("```sh") + 1
+    end = lines.index("```", start)
+    return lines[start:end]
+
+
+def command_html(command: str) -> str:
+    """*command* as a ``<pre>`` whose words never break: a long command
+    wraps between words (see ``div.command`` in ``custom.css``), so nothing
+    is cut off and no option is split at its hyphens."""
+    words = []
+    for word in command.split(" "):
+        kind = "word o" if word in ("&&", "||", "|") else "word"
+        words.append(f'<span class="{kind}">{html.escape(word, quote=False)}</span>')
+    return f'<div class="command highlight"><pre>{" ".join(words)}</pre></div>'
