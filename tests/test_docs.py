@@ -14,7 +14,7 @@ exactly that. A block that prints without showing its output fails too.
 
 The generated state diagram (``docs/_ext/netstream_gen.py``) is checked
 against the library's transition table, and the generated alias tables
-against the SPEC's list of Node names.
+against the Node names of the original ``net.Stream``.
 """
 
 from __future__ import annotations
@@ -237,8 +237,9 @@ def test_state_diagram_follows_the_table(gen: Any) -> None:
     assert svg.count("<rect ") == 3
 
 
-# The SPEC's alias table (section "Node names"): every name must be found.
-SPEC_STREAM_ALIASES = {
+# The Node names of the original net.Stream that the library promises: every
+# one must be found.
+NODE_STREAM_ALIASES = {
     "readyState": "ready_state",
     "remoteAddress": "remote_address",
     "setEncoding": "set_encoding",
@@ -260,10 +261,10 @@ SPEC_STREAM_ALIASES = {
 }
 
 
-def test_alias_tables_list_the_spec_names(gen: Any) -> None:
-    """The generated alias tables hold every Node name the SPEC promises."""
+def test_alias_tables_list_the_node_names(gen: Any) -> None:
+    """The generated alias tables hold every Node name the library promises."""
     stream = {node: python.split(", ") for node, python in gen.node_aliases(net.Stream)}
-    for node, python in SPEC_STREAM_ALIASES.items():
+    for node, python in NODE_STREAM_ALIASES.items():
         assert python in stream[node], node
     module = dict(gen.node_aliases(net))
     assert "create_connection" in module["createConnection"]

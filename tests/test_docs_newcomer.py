@@ -1,8 +1,12 @@
 """A newcomer's first hour with the README and the docs (issue 14).
 
+* Only words a reader was told about: no "the seed", no "the SPEC" (the
+  project's private names for early Node's ``net.Stream`` and for its own
+  contract), in the sources or in the built pages.
 * The README works on a package index page too (absolute links), says
   what its test command runs and how long it takes, and keeps its two
   commands as ``.ci/run`` runs them.
+* Porting covers today's Node, not only the original ``net.Stream``.
 * The built pages: the README's commands are shown whole on the index page,
   the state diagram's edges into DESTROYED are legible and no edge crosses
   a state it does not touch, the demo's transcript is in the order the demo
@@ -28,7 +32,35 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 REPOSITORY = "https://github.com/trio-netstream/trio_netstream/"
 
-# -- the built site ------------------------------------------------------------
+# -- words the reader was never told -------------------------------------------------
+
+# Whole words, case-insensitive ("SPEC.md" and "the seed's" match; "inspect",
+# "option_spec" and "specification" do not).
+UNTOLD = re.compile(r"\b(seed|spec)\b", re.IGNORECASE)
+TEXT_SUFFIXES = {".md", ".rst", ".py", ".css", ".txt", ".js", ".html"}
+
+
+def _sources() -> list[Path]:
+    found = [README]
+    for path in sorted(DOCS.rglob("*")):
+        if path.suffix in TEXT_SUFFIXES and "_build" not in path.parts:
+            found.append(path)
+    return found
+
+
+def _untold(text: str) -> list[str]:
+    hits = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if UNTOLD.search(line):
+            hits.append(f"{number}: {line.strip()}")
+    return hits
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_sources_use_only_words_the_reader_knows(path: Path) -> None:
+    """Node's ``net`` module and this library's contract, never "the seed" or
+    "the SPEC" (words the reader was never given)."""
+    assert _untold(path.read_text(encoding="utf-8")) == []
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +84,16 @@ def _page_text(page: Path) -> str:
     source = page.read_text(encoding="utf-8")
     source = re.sub(r"<(script|style)\b.*?</\1>", " ", source, flags=re.DOTALL)
     return html.unescape(re.sub(r"<[^>]+>", "", source))
+
+
+def test_built_pages_use_only_words_the_reader_knows(built: Path) -> None:
+    """Docstrings pulled in by autodoc included; the sidebar too."""
+    hits = {}
+    for page in sorted(built.glob("*.html")):
+        found = _untold(_page_text(page))
+        if found:
+            hits[page.name] = found
+    assert hits == {}
 
 
 # -- the README --------------------------------------------------------------------
@@ -97,6 +139,39 @@ def test_readme_links_work_on_a_package_index_page() -> None:
             kind, branch, path = link[len(REPOSITORY) :].split("/", 2)
             assert (kind, branch) in {("blob", "main"), ("tree", "main")}, link
             assert (ROOT / path).exists(), link
+
+
+# -- porting from today's Node -------------------------------------------------------
+
+TODAYS_NODE = [
+    # (today's Node, trio_netstream)
+    ("`new net.Socket()`", "`net.Socket()`"),
+    ("`net.connect(port, host, listener)`", "`net.connect(port, host, listener)`"),
+    ("`net.connect(port, listener)`", "`net.connect(port, listener)`"),
+    (
+        "`net.createConnection({port: 8124, host: 'example.org'})`",
+        '`net.create_connection({"port": 8124, "host": "example.org"})`',
+    ),
+    ("`server.listen(port, host, listener)`", "`await server.listen(port, host, listener)`"),
+    ("`server.listen(port, listener)`", "`await server.listen(port, listener)`"),
+    (
+        "`server.listen({port: 8124, host: 'localhost', backlog: 511})`",
+        '`await server.listen({"port": 8124, "host": "localhost", "backlog": 511})`',
+    ),
+    ("`server.listen('8124')`", '`await server.listen("8124")`'),
+    ("`server.on('error', ...)`", "`except OSError as error:`"),
+    ("`allowHalfOpen: false` by default", "`allow_half_open=True` by default"),
+]
+
+
+def test_porting_has_a_table_from_todays_node() -> None:
+    """Each form of today's Node sits in one row with its spelling here."""
+    text = (DOCS / "porting.md").read_text(encoding="utf-8")
+    section = text[text.index("\n## From today's Node\n") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    for node, ours in TODAYS_NODE:
+        assert any(node in row and ours in row for row in rows), node
 
 
 # -- the index page: the README's commands, the demo's transcript ---------------------
