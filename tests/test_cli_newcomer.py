@@ -7,9 +7,12 @@ sockets scripted here. Every test is bounded in time and reaps its children.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 from test_cli_commands import (
+    cli,
     echo_server,
     raw_server,
     receive_all,
@@ -114,3 +117,45 @@ async def test_connect_starttls_timeout_is_checked(argv: list[str]) -> None:
     assert err.startswith("usage: trio-netstream connect ")
     assert "trio-netstream connect: error: " in err
     assert "--starttls-timeout" in err
+
+
+# -- usage and bind errors name what failed ----------------------------------------
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+async def test_echo_on_a_busy_port_names_the_address_and_the_code(workers: list[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with trio.fail_after(LIMIT):
+            result = await trio.run_process(
+                cli("echo", "--port", str(port), *workers),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr.decode() == (
+        f"trio-netstream: address already in use: 127.0.0.1:{port} (EADDRINUSE)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["connect", "--bogus"], "usage: trio-netstream connect (HOST PORT | --unix PATH)"),
+        (["connect", "127.0.0.1", "25", "extra"], "usage: trio-netstream connect "),
+        (["echo", "--bogus"], "usage: trio-netstream echo [-h]"),
+        (["demo", "--bogus"], "usage: trio-netstream demo [-h]"),
+    ],
+)
+async def test_an_unknown_argument_prints_the_commands_usage(argv: list[str], usage: str) -> None:
+    with trio.fail_after(LIMIT):
+        result = await trio.run_process(
+            cli(*argv), capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert (result.returncode, result.stdout) == (2, b"")
+    err = result.stderr.decode()
+    assert err.startswith(usage)
+    assert err.endswith(f"trio-netstream {argv[0]}: error: unrecognized arguments: {argv[-1]}\n")

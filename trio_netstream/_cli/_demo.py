@@ -10,7 +10,7 @@ import trio
 
 from .. import Stream, create_connection, create_server
 from ._certs import throwaway_certificates
-from ._output import printer
+from ._output import host_port, listen_errors, printer
 
 
 async def demo(
@@ -41,7 +41,8 @@ async def demo(
     async with create_server(echo, **server_options) as server:
         server.on("listening", lambda: server_event("listening", server.address()))
         server.on("close", lambda: server_event("close"))
-        await server.listen(port, host)
+        with listen_errors(host_port(host, port)):
+            await server.listen(port, host)
         address = server.address()
         assert isinstance(address, tuple)
         client = create_connection(address[1], host, **client_options)

@@ -11,7 +11,7 @@ import trio
 
 from .. import Stream, create_server
 from .._errors import node_code
-from ._output import format_address, host_port, say
+from ._output import format_address, host_port, listen_errors, say
 
 
 def _chunk_text(chunk: bytes) -> str:
@@ -53,9 +53,11 @@ async def echo_server(
 
     async with create_server(on_connection, ssl=context) as server:
         if path is not None:
-            await server.listen(path)
+            with listen_errors(path):
+                await server.listen(path)
         else:
-            await server.listen(port, host, reuse_port=reuse_port)
+            with listen_errors(host_port(host, port)):
+                await server.listen(port, host, reuse_port=reuse_port)
         out(f"listening on {format_address(server.address())} (pid {pid})")
         await trio.sleep_forever()
     raise AssertionError("unreachable")  # pragma: no cover - sleep_forever() never returns

@@ -20,7 +20,7 @@ from ._connect import connect_client
 from ._demo import demo
 from ._echo import echo_server
 from ._output import EXIT_NETWORK, EXIT_OK, EXIT_SIGINT, EXIT_TLS, Failure, warn
-from ._parser import build_parser, check
+from ._parser import parse_arguments
 from ._starttls import DEFAULT_TIMEOUT
 from ._workers import echo_workers
 
@@ -99,8 +99,7 @@ def _run_connect(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the package docstring)."""
-    args = build_parser().parse_args(None if argv is None else list(argv))
-    check(args)
+    args = parse_arguments(argv)
     try:
         if args.command == "demo":
             trio.run(functools.partial(demo, args.port, args.host, tls=args.tls))

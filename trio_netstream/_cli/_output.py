@@ -12,7 +12,8 @@ import os
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
 
 from .._errors import node_code
 
@@ -102,3 +103,15 @@ def describe(exc: BaseException, target: str) -> tuple[str, int]:
     if isinstance(exc, ProtocolError):
         return f"{exc}: {target}", EXIT_NETWORK
     return f"{type(exc).__name__}: {exc}: {target}", EXIT_NETWORK
+
+
+@contextmanager
+def listen_errors(target: str) -> Generator[None, None, None]:
+    """A failure to listen on *target* leaves as a :class:`Failure` that names
+    it, as ``connect`` names what it could not reach: ``address already in
+    use: 127.0.0.1:8124 (EADDRINUSE)``, exit code 1."""
+    try:
+        yield
+    except OSError as exc:
+        message, code = describe(exc, target)
+        raise Failure(message, code) from exc

@@ -4,7 +4,7 @@ argparse cannot express. A usage error exits with code 2 (argparse's own)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .._encoding import normalize
 from ._output import PROG
@@ -195,6 +195,21 @@ def _connect_options(connect: argparse.ArgumentParser) -> None:
         "default: raw bytes. stdin is always sent as raw bytes",
     )
     connect.add_argument("-v", "--verbose", action="store_true", help="report progress on stderr")
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line (``sys.argv`` if *argv* is ``None``).
+
+    An argument that no option takes is a usage error of the command it came
+    with, reported with that command's usage rather than the top-level one
+    (exit code 2, as every usage error).
+    """
+    args, unknown = build_parser().parse_known_args(None if argv is None else list(argv))
+    if unknown:
+        command: argparse.ArgumentParser = args.subparser
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    check(args)
+    return args
 
 
 def check(args: argparse.Namespace) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from ._output import EXIT_NETWORK, Failure, host_port, say
+from ._output import EXIT_NETWORK, Failure, host_port, listen_errors, say
 
 
 class _LineReader:
@@ -60,14 +60,16 @@ async def echo_workers(
     picks one port for all of them. Their output is relayed line by line.
     Returns 1 if a worker fails.
     """
-    infos = await trio.socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    with listen_errors(host_port(host, port)):
+        infos = await trio.socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     family, _, _, _, sockaddr = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as reserved:
         reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserved.bind(sockaddr)
+        with listen_errors(host_port(host, port)):
+            reserved.bind(sockaddr)
         bound_host, bound_port = reserved.getsockname()[:2]
         command = _worker_command(str(bound_host), str(bound_port), tls_args)
         processes: list[trio.Process] = []
