@@ -17,6 +17,7 @@ from test_cli_commands import (
     raw_server,
     receive_all,
     run_connect,
+    running,
 )
 
 LIMIT = 20  # seconds; a hang fails the test instead of blocking the run
@@ -159,3 +160,26 @@ async def test_an_unknown_argument_prints_the_commands_usage(argv: list[str], us
     err = result.stderr.decode()
     assert err.startswith(usage)
     assert err.endswith(f"trio-netstream {argv[0]}: error: unrecognized arguments: {argv[-1]}\n")
+
+
+# -- demo: a reader that goes away early ---------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("lines", [0, 2])
+async def test_demo_exits_quietly_when_its_stdout_closes_early(tls: bool, lines: int) -> None:
+    # `python -m trio_netstream demo | head -2`: exit 0, no traceback.
+    with trio.fail_after(LIMIT):
+        async with running("demo", *(["--tls"] if tls else [])) as child:
+            for _ in range(lines):
+                await child.line()
+            assert child.process.stdout is not None and child.process.stderr is not None
+            await child.process.stdout.aclose()  # the reader goes away
+            code = await child.process.wait()
+            err = await receive_all(child.process.stderr)
+    assert (code, err.decode()) == (0, "")
+    assert len(child.lines) == lines
+    assert all(line.startswith("server listening(") for line in child.lines[:1])
+
+
+# -- demo labels, echo's default port, echo and a peer that resets -------------------

@@ -10,20 +10,22 @@ import trio
 
 from .. import Stream, create_connection, create_server
 from ._certs import throwaway_certificates
-from ._output import host_port, listen_errors, printer
+from ._output import host_port, listen_errors, printer, say
 
 
 async def demo(
     port: int = 0,
     host: str = "127.0.0.1",
-    out: Callable[[str], object] = print,
+    out: Callable[[str], object] = say,
     *,
     tls: bool = False,
 ) -> None:
     """The seed's echo server, and a client that says two lines and ends.
 
     With *tls*, both sides speak TLS from the first byte, with a throwaway
-    certificate, and both print their ``'secure'`` event.
+    certificate, and both print their ``'secure'`` event. Each line goes to
+    *out* (stdout, flushed at once); if stdout's reader goes away
+    (``demo | head -2``), the rest of the transcript is dropped quietly.
     """
     server_event = printer(out, "server")
     server_options: dict[str, Any] = {}
