@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 import trio
 
-from ._errors import TransportError, translate, transport_errors
+from ._errors import TransportError, node_code, translate, transport_errors
 from ._options import is_path
 from ._socket import SocketTransport, connect
 
@@ -83,15 +83,34 @@ async def resolve(target: Target) -> list[Candidate]:
     if numeric is not None:
         return numeric
     with transport_errors():
-        try:
-            infos = await trio.socket.getaddrinfo(
-                target.host, target.port, type=_stdlib_socket.SOCK_STREAM
-            )
-        except UnicodeError as exc:  # not a valid host name (IDNA): not found
-            raise _stdlib_socket.gaierror(
-                _stdlib_socket.EAI_NONAME, f"invalid host name {target.host!r}: {exc}"
-            ) from exc
+        infos = await _getaddrinfo(target.host, target.port)
     return [(family, kind, proto, addr) for family, kind, proto, _, addr in infos]
+
+
+async def _getaddrinfo(host: str, port: int | None, flags: int = 0) -> list[Any]:
+    """``trio.socket.getaddrinfo()`` for a stream socket; a failure names the
+    host, as Node's ``getaddrinfo ENOTFOUND nosuch.invalid``.
+
+    Raises:
+        socket.gaierror: the lookup failed (its ``errno``, ``.code`` and
+            ``.hostname`` set; the resolver's error as ``__cause__``).
+    """
+    try:
+        return await trio.socket.getaddrinfo(
+            host, port, type=_stdlib_socket.SOCK_STREAM, flags=flags
+        )
+    except _stdlib_socket.gaierror as exc:
+        failed: _stdlib_socket.gaierror = exc
+        why = exc.strerror
+    except UnicodeError as exc:  # not a valid host name (IDNA): not found
+        failed = _stdlib_socket.gaierror(_stdlib_socket.EAI_NONAME, str(exc))
+        failed.__cause__ = exc
+        why = f"invalid host name: {exc}"
+    code = node_code(failed)
+    named = _stdlib_socket.gaierror(failed.errno, f"getaddrinfo {code} {host} ({why})")
+    named.code = code  # type: ignore[attr-defined]  # OSError instances take attributes
+    named.hostname = host  # type: ignore[attr-defined]  # as Node's error.hostname
+    raise named from failed
 
 
 async def open_transport(target: Target) -> tuple[SocketTransport, Any]:
@@ -162,9 +181,7 @@ async def _passive_candidates(host: str | None, port: int) -> list[tuple[int, An
             candidates.append((_stdlib_socket.AF_INET6, ("::", port)))
         candidates.append((_stdlib_socket.AF_INET, ("0.0.0.0", port)))
         return candidates
-    infos = await trio.socket.getaddrinfo(
-        host, port, type=_stdlib_socket.SOCK_STREAM, flags=_stdlib_socket.AI_PASSIVE
-    )
+    infos = await _getaddrinfo(host, port, _stdlib_socket.AI_PASSIVE)
     return [(family, address) for family, _, _, _, address in infos]
 
 
@@ -187,7 +204,11 @@ async def bind_listener(
             sock.listen(backlog)
         return sock
     if is_path(port):
-        return _listen_unix(os.fspath(cast("str | os.PathLike[str]", port)), backlog)
+        path = os.fspath(cast("str | os.PathLike[str]", port))
+        try:
+            return _listen_unix(path, backlog)
+        except OSError as exc:
+            raise _listen_error(exc, path)  # with exc as its cause
     assert isinstance(port, int)
     last_error: OSError | None = None
     for family, address in await _passive_candidates(host, port):
@@ -196,11 +217,23 @@ async def bind_listener(
                 family, address, backlog, reuse_port=reuse_port, dual_stack=host is None
             )
         except OSError as exc:
-            last_error = exc
+            last_error = _listen_error(exc, f"{address[0]}:{address[1]}")
             if exc.errno == errno.EADDRINUSE:
                 break  # the port is taken: another family will not help
     assert last_error is not None
     raise last_error
+
+
+def _listen_error(exc: OSError, where: str) -> OSError:
+    """*exc* as Node words it, naming the address (*exc* is the cause):
+    ``listen EADDRINUSE: address already in use 127.0.0.1:8124``."""
+    if exc.errno is None:
+        return exc
+    code = node_code(exc) or str(exc.errno)
+    why = os.strerror(exc.errno)
+    named = OSError(exc.errno, f"listen {code}: {why[:1].lower()}{why[1:]} {where}")
+    named.__cause__ = exc
+    return named
 
 
 def listener_address(listener: _stdlib_socket.socket) -> tuple[str, int] | str:

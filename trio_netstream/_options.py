@@ -5,11 +5,23 @@ from __future__ import annotations
 import math
 import os
 import ssl as _ssl
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
-__all__ = ["ServerOptions", "StreamOptions", "check_port", "check_timeout_ms", "is_path"]
+__all__ = [
+    "NODE_OPTION_NAMES",
+    "SERVER_OPTION_NAMES",
+    "STREAM_OPTION_NAMES",
+    "ServerOptions",
+    "StreamOptions",
+    "check_option_names",
+    "check_port",
+    "check_timeout_ms",
+    "is_path",
+    "stream_options",
+]
 
 DEFAULT_HIGH_WATER_MARK = 16 * 1024
 
@@ -110,3 +122,49 @@ class ServerOptions:
             raise ValueError("ssl=True is a client option; a server needs an ssl.SSLContext")
         if self.stream.server_hostname is not None:
             raise ValueError("server_hostname is a client option")
+
+
+STREAM_OPTION_NAMES = tuple(field.name for field in attrs.fields(StreamOptions))
+SERVER_OPTION_NAMES = (*STREAM_OPTION_NAMES, "max_connections")
+
+#: Node's spelling of the options this library has (an options dict takes
+#: either spelling; keyword arguments take the Python one).
+NODE_OPTION_NAMES = {
+    "allowHalfOpen": "allow_half_open",
+    "noDelay": "no_delay",
+    "keepAlive": "keep_alive",
+    "keepAliveInitialDelay": "keep_alive_initial_delay",
+    "highWaterMark": "high_water_mark",
+    "servername": "server_hostname",
+    "maxConnections": "max_connections",
+    "reusePort": "reuse_port",
+}
+
+# Node options this library has no option for, and what to do instead.
+_INSTEAD = {"timeout": "call set_timeout(ms) on the stream instead"}
+
+
+def check_option_names(given: Iterable[str], known: Iterable[str], what: str) -> None:
+    """Raise ``TypeError`` naming the first of *given* that is not in *known*.
+
+    *what* names the options in the message (``"stream"``, ``"server"``).
+    """
+    allowed = set(known)
+    for name in given:
+        if name in allowed:
+            continue
+        message = f"unknown {what} option {name!r}"
+        python = NODE_OPTION_NAMES.get(name)
+        if python in allowed:
+            message += f": {name!r} is Node's name, use {python}="
+        elif name in _INSTEAD:
+            message += f": {_INSTEAD[name]}"
+        else:
+            message += f" (the {what} options are: {', '.join(sorted(allowed))})"
+        raise TypeError(message)
+
+
+def stream_options(options: Mapping[str, Any]) -> StreamOptions:
+    """The options of one stream, with a clear ``TypeError`` for an unknown name."""
+    check_option_names(options, STREAM_OPTION_NAMES, "stream")
+    return StreamOptions(**options)

@@ -34,7 +34,14 @@ from ._dial import bind_listener, listener_address
 from ._emitter import EventEmitter
 from ._errors import StreamStateError, TransportError, translate, transport_errors
 from ._handlers import serve_with_handlers, start_handlers
-from ._options import ServerOptions, StreamOptions, check_port, is_path
+from ._options import (
+    SERVER_OPTION_NAMES,
+    ServerOptions,
+    StreamOptions,
+    check_option_names,
+    check_port,
+    is_path,
+)
 from ._socket import SocketTransport
 from ._stream import Accepted, Stream
 
@@ -132,6 +139,7 @@ class Server(EventEmitter):
         **options: Any,
     ) -> None:
         super().__init__()
+        check_option_names(options, SERVER_OPTION_NAMES, "server")
         self._options = ServerOptions(
             stream=StreamOptions(**options), max_connections=max_connections
         )
@@ -239,7 +247,8 @@ class Server(EventEmitter):
                 self._unlink_path = os.fspath(cast("str | os.PathLike[str]", port))
         except TransportError as failure:
             self._listening = False
-            raise failure.error from None
+            error = failure.error
+            raise error from error.__cause__  # not the internal TransportError
         except BaseException:
             self._listening = False
             raise

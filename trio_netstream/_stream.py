@@ -42,7 +42,7 @@ from ._encoding import encode, normalize
 from ._errors import StreamStateError
 from ._feed import open_feed
 from ._flow import Flow
-from ._options import StreamOptions, check_port, is_path
+from ._options import StreamOptions, check_port, is_path, stream_options
 from ._socket import SocketTransport
 from ._state import WRITABLE, Input, State
 from ._writer import finish_writer, kick_writer
@@ -140,7 +140,7 @@ class Stream(StreamControls):
     def __init__(self, _accepted: Accepted | None = None, /, **options: Any) -> None:
         super().__init__()
         if _accepted is None:
-            self._options = StreamOptions(**options)
+            self._options = stream_options(options)
         elif isinstance(_accepted, Accepted):
             self._options = _accepted.options  # checked once, by the server
         else:
