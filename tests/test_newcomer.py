@@ -149,3 +149,38 @@ def test_an_unknown_option_is_a_type_error_naming_it(call: str) -> None:
 def test_a_node_option_name_given_as_a_keyword_says_the_python_name() -> None:
     with pytest.raises(TypeError, match="use allow_half_open="):
         net.create_connection(1, allowHalfOpen=False)
+
+
+# --- item 8: the package's surface -------------------------------------------------------------
+
+PUBLIC = {
+    "Server",
+    "Socket",
+    "Stream",
+    "StreamStateError",
+    "connect",
+    "createConnection",
+    "createServer",
+    "create_connection",
+    "create_server",
+}
+
+
+def test_dir_shows_only_the_public_names() -> None:
+    shown = {name for name in dir(net) if not name.startswith("_")}
+    assert shown == PUBLIC
+    assert not {"Any", "annotations", "os", "overload"} & set(dir(net))
+
+
+def test_all_lists_the_public_names() -> None:
+    assert set(net.__all__) == PUBLIC
+    assert len(net.__all__) == len(PUBLIC)
+
+
+@pytest.mark.skipif(tomllib is None, reason="tomllib is Python 3.11+")
+def test_pyproject_names_the_project_urls() -> None:
+    assert tomllib is not None
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    urls = project["urls"]
+    assert set(urls) >= {"Homepage", "Documentation", "Source", "Issues"}
+    assert all(url.startswith("https://") for url in urls.values())
