@@ -7,7 +7,9 @@ Real sockets on 127.0.0.1 and UNIX paths; every test is bounded.
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import stat
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 import trio
-from netstream_testing import bounded
+from netstream_testing import bounded, port_of
 
 import trio_netstream as net
 
@@ -58,6 +60,247 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+# --- item 3: a string of digits is a TCP port -------------------------------------------------
+
+
+@bounded
+async def test_a_numeric_string_port_connects_over_tcp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # were it a path, it would be looked for here
+    async with echo_server() as server:
+        port = port_of(server)
+        stream = net.create_connection(str(port))
+        assert await round_trip(stream) == b"hello"
+        assert (stream.remote_address, stream.remote_port) == ("127.0.0.1", port)
+        assert stream.remote_family == "IPv4"
+
+
+@bounded
+async def test_stream_connect_takes_a_numeric_string_port() -> None:
+    async with echo_server() as server:
+        stream = net.Stream().connect(str(port_of(server)), "127.0.0.1")
+        assert await round_trip(stream) == b"hello"
+        assert stream.remote_port == port_of(server)
+
+
+@bounded
+async def test_listen_on_a_numeric_string_listens_on_tcp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    async with echo_server(str(port), "127.0.0.1") as server:
+        assert server.address() == ("127.0.0.1", port)
+        assert await round_trip(net.create_connection(port)) == b"hello"
+    assert os.listdir(tmp_path) == []  # no UNIX socket file named after the port
+
+
+@bounded
+async def test_a_path_of_digits_written_as_a_path_stays_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = f"./{free_port()}"
+    async with echo_server(path) as server:
+        assert server.address() == path
+        assert stat.S_ISSOCK(os.stat(tmp_path / path).st_mode)
+        stream = net.create_connection(path)
+        assert await round_trip(stream) == b"hello"
+        assert stream.remote_family is None  # not TCP
+
+
+# --- item 4: Node's forms -------------------------------------------------------------------
+
+
+def connect_recorder(events: list[str]) -> Callable[[], None]:
+    return lambda: events.append("listener")
+
+
+@pytest.mark.parametrize("name", ["connect", "create_connection", "createConnection"])
+@bounded
+async def test_connect_port_host_listener(name: str) -> None:
+    events: list[str] = []
+    async with echo_server() as server:
+        stream = getattr(net, name)(port_of(server), "127.0.0.1", connect_recorder(events))
+        stream.on("connect", lambda: events.append("connect"))
+        stream.on("close", lambda had_error: events.append("close"))
+        assert stream.listener_count("connect") == 2
+        assert await round_trip(stream) == b"hello"
+        assert events == ["listener", "connect", "close"]
+        assert stream.listener_count("connect") == 1  # the listener was a once('connect')
+
+
+@bounded
+async def test_connect_port_listener() -> None:
+    events: list[str] = []
+    async with echo_server() as server:
+        stream = net.connect(port_of(server), connect_recorder(events))
+        assert await round_trip(stream) == b"hello"
+        assert events == ["listener"]
+        assert stream.remote_address == "127.0.0.1"
+
+
+@bounded
+async def test_connect_path_listener(unix_path: str) -> None:
+    events: list[str] = []
+    async with echo_server(unix_path):
+        stream = net.create_connection(unix_path, connect_recorder(events))
+        assert await round_trip(stream) == b"hello"
+        assert events == ["listener"]
+
+
+@bounded
+async def test_stream_connect_port_host_listener() -> None:
+    events: list[str] = []
+    async with echo_server() as server:
+        stream = net.Stream().connect(port_of(server), "127.0.0.1", connect_recorder(events))
+        assert await round_trip(stream) == b"hello"
+        assert events == ["listener"]
+
+
+def listening_recorder(events: list[str]) -> Callable[[], None]:
+    return lambda: events.append("listening")
+
+
+@bounded
+async def test_listen_port_host_listener() -> None:
+    events: list[str] = []
+    async with net.create_server(echo) as server:
+        await server.listen(0, "127.0.0.1", listening_recorder(events))
+        assert events == ["listening"]  # before listen() returned
+        assert server.address() == ("127.0.0.1", port_of(server))
+        assert server.listener_count("listening") == 0  # a once('listening')
+        assert await round_trip(net.create_connection(port_of(server))) == b"hello"
+        server.close()
+
+
+@bounded
+async def test_listen_port_listener() -> None:
+    events: list[str] = []
+    port = free_port()
+    async with net.create_server(echo) as server:
+        await server.listen(port, listening_recorder(events))
+        assert events == ["listening"]
+        assert port_of(server) == port
+        assert await round_trip(net.create_connection(port)) == b"hello"
+        server.close()
+
+
+@bounded
+async def test_a_listen_that_fails_drops_its_listener() -> None:
+    events: list[str] = []
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        async with net.create_server(echo) as server:
+            with pytest.raises(OSError, match="EADDRINUSE"):
+                await server.listen(taken.getsockname()[1], listening_recorder(events))
+            assert server.listener_count("listening") == 0
+            await server.listen(0, "127.0.0.1")  # a later listen() does not call it
+            server.close()
+    assert events == []
+
+
+@bounded
+async def test_socket_is_stream_and_new_net_socket_ports_as_it_reads() -> None:
+    assert net.Socket is net.Stream
+    async with echo_server() as server:
+        client = net.Socket()  # new net.Socket()
+        client.connect(port_of(server), "127.0.0.1")
+        assert await round_trip(client) == b"hello"
+
+
+@bounded
+async def test_create_connection_takes_a_node_options_dict() -> None:
+    seen: dict[str, Any] = {}
+    ended = trio.Event()
+
+    def handler(stream: net.Stream) -> None:
+        stream.on("end", ended.set)
+        stream.end(b"bye")  # the client ends in return: allowHalfOpen is false
+
+    async with net.create_server(handler) as server:
+        await server.listen(0, "127.0.0.1")
+        options = {
+            "port": port_of(server),
+            "host": "127.0.0.1",
+            "allowHalfOpen": False,
+            "noDelay": True,
+            "keepAlive": True,
+            "keepAliveInitialDelay": 3000,
+            "highWaterMark": 2,
+        }
+        stream = net.create_connection(options)
+
+        def connected() -> None:
+            sock = stream.socket
+            assert sock is not None
+            seen["nodelay"] = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            seen["keepalive"] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            seen["keepidle"] = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            seen["write"] = stream.write(b"xx")  # reaches highWaterMark
+
+        stream.on("connect", connected)
+        stream.on("data", lambda chunk: None)
+        with trio.fail_after(5):
+            async with stream:
+                await ended.wait()
+        server.close()
+    assert seen["nodelay"] and seen["keepalive"]
+    assert seen["keepidle"] == 3
+    assert seen["write"] is False
+    assert stream.ready_state == "closed"
+
+
+@bounded
+async def test_create_connection_options_dict_takes_python_names_a_path_and_a_listener(
+    unix_path: str,
+) -> None:
+    events: list[str] = []
+    async with echo_server(unix_path):
+        stream = net.create_connection(
+            {"path": unix_path, "allow_half_open": False}, connect_recorder(events)
+        )
+        assert await round_trip(stream) == b"hello"
+        assert events == ["listener"]
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"port": 1, "bogus": 1}, "'bogus'"),
+        ({"port": 1, "exclusive": True}, "'exclusive'"),
+        ({"port": 1, "timeout": 1000}, "'timeout': call set_timeout"),
+        ({"host": "127.0.0.1"}, "'port' or a 'path'"),
+        ({"port": 1, "path": "/tmp/x"}, "'port' or 'path', not both"),
+    ],
+)
+def test_a_bad_connection_options_dict_is_a_type_error_naming_the_key(
+    options: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(TypeError, match=named):
+        net.create_connection(options)
+
+
+@bounded
+async def test_listen_takes_an_options_dict(unix_path: str) -> None:
+    async with net.create_server(echo) as server:
+        await server.listen({"port": 0, "host": "127.0.0.1", "backlog": 5})
+        assert server.address() == ("127.0.0.1", port_of(server))
+        assert await round_trip(net.create_connection(port_of(server))) == b"hello"
+        with pytest.raises(TypeError, match="'exclusive'"):
+            await server.listen({"port": 0, "exclusive": True})
+        server.close()
+    events: list[str] = []
+    async with net.create_server(echo) as server:
+        await server.listen({"path": unix_path}, listening_recorder(events))
+        assert server.address() == unix_path
+        assert events == ["listening"]
+        assert await round_trip(net.create_connection(unix_path)) == b"hello"
+        server.close()
 
 
 # --- item 5: errors that say what failed ------------------------------------------------------

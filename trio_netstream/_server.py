@@ -22,12 +22,13 @@ import errno
 import logging
 import os
 import socket as _stdlib_socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import attrs
 import trio
 
+from ._args import listen_arguments
 from ._block import Block
 from ._connection import TASK_NAME
 from ._dial import bind_listener, listener_address
@@ -61,11 +62,22 @@ _RETRY_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _RETRY_DELAY = 0.1
 
 ConnectionListener = Callable[[Stream], object]
+ListeningListener = Callable[[], object]
+
+
+@attrs.frozen
+class _Listen:
+    """Checked arguments of ``listen()`` (*port* is unused with ``sock``)."""
+
+    port: int | str | os.PathLike[str]
+    host: str | None
+    backlog: int
+    reuse_port: bool
 
 
 def _check_listen_arguments(
     port: object, host: object, backlog: object, reuse_port: object, sock: object
-) -> None:
+) -> _Listen:
     if isinstance(backlog, bool) or not isinstance(backlog, int):
         raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
     if not isinstance(reuse_port, bool):
@@ -75,10 +87,13 @@ def _check_listen_arguments(
             raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
         if sock.type != _stdlib_socket.SOCK_STREAM:
             raise ValueError("sock must be a SOCK_STREAM socket")
-    elif not is_path(port):
-        check_port(port, allow_zero=True)
-        if host is not None and not isinstance(host, str):
-            raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+        return _Listen(0, None, backlog, reuse_port)
+    if is_path(port):
+        return _Listen(cast("str | os.PathLike[str]", port), None, backlog, reuse_port)
+    checked = check_port(port, allow_zero=True)
+    if host is not None and not isinstance(host, str):
+        raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+    return _Listen(checked, host, backlog, reuse_port)
 
 
 class _ServerOwner:
@@ -102,7 +117,35 @@ class _ServerOwner:
         self._done(stream)
 
 
-class Server(EventEmitter):
+class _ServerEvents(EventEmitter):
+    """A server's event registration: typed per event, with Node's names."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        @overload  # type: ignore[override]  # narrower, typed per event
+        def on(self, event: Literal["connection"], listener: ConnectionListener) -> Self: ...
+        @overload
+        def on(
+            self, event: Literal["listening", "close"], listener: Callable[[], object]
+        ) -> Self: ...
+        @overload
+        def on(
+            self, event: Literal["error"], listener: Callable[[BaseException], object]
+        ) -> Self: ...
+        @overload
+        def on(self, event: str) -> Callable[[Any], Any]: ...
+        def on(self, event: str, listener: Any = None) -> Any: ...  # pyright: ignore[reportIncompatibleMethodOverride]  # narrower, typed per event
+
+    addListener = EventEmitter.on
+    removeListener = EventEmitter.off
+    remove_listener = EventEmitter.off
+    removeAllListeners = EventEmitter.remove_all_listeners
+    listenerCount = EventEmitter.listener_count
+
+
+class Server(_ServerEvents):
     """A TCP or UNIX-socket server; run it with ``async with``.
 
     Args:
@@ -194,20 +237,30 @@ class Server(EventEmitter):
     @overload
     async def listen(
         self,
-        port: int = 0,
+        port: int | str = 0,
         host: str | None = None,
+        listener: ListeningListener | None = None,
         *,
         backlog: int = 511,
         reuse_port: bool = False,
     ) -> None: ...
     @overload
-    async def listen(self, port: str | os.PathLike[str], *, backlog: int = 511) -> None: ...
+    async def listen(
+        self,
+        port: int | str | os.PathLike[str] | Mapping[str, Any] | ListeningListener,
+        listener: ListeningListener = ...,
+        /,
+        *,
+        backlog: int = 511,
+        reuse_port: bool = False,
+    ) -> None: ...
     @overload
     async def listen(self, *, sock: _stdlib_socket.socket, backlog: int = 511) -> None: ...
     async def listen(
         self,
-        port: int | str | os.PathLike[str] = 0,
-        host: str | None = None,
+        port: int | str | os.PathLike[str] | Mapping[str, Any] | ListeningListener = 0,
+        host: str | ListeningListener | None = None,
+        listener: ListeningListener | None = None,
         *,
         backlog: int = 511,
         reuse_port: bool = False,
@@ -220,8 +273,14 @@ class Server(EventEmitter):
         ``host=None`` means every address, IPv6 and IPv4 where possible);
         ``listen(path)`` on a UNIX socket (the file is removed again at
         :meth:`close`); ``listen(sock=...)`` adopts a bound stdlib socket,
-        listening or not. A failure to bind is raised here, as an
-        ``OSError`` with its ``errno`` and Node ``code`` (``EADDRINUSE``).
+        listening or not. A string of digits (``"8124"``) is a TCP port,
+        any other string a path. Node's forms work too: a *listener* last
+        (``listen(port, listener)``, ``listen(port, host, listener)``) is
+        added as a ``once('listening')`` listener (removed again if the
+        call fails), and ``listen({"port": ..., "host": ..., "backlog": ...})``
+        (or ``"path"``; ``reusePort``) takes the arguments as a dict. A failure
+        to bind is raised here, as an ``OSError`` with its ``errno`` and Node
+        ``code`` (``EADDRINUSE``) and a message naming the address.
 
         Raises:
             TypeError, ValueError: bad arguments.
@@ -229,7 +288,12 @@ class Server(EventEmitter):
                 already listening.
             OSError: binding or listening failed.
         """
-        _check_listen_arguments(port, host, backlog, reuse_port, sock)
+        address, backlog_given, reuse_given = listen_arguments(
+            port, host, listener, backlog, reuse_port
+        )
+        where = _check_listen_arguments(
+            address.port, address.host, backlog_given, reuse_given, sock
+        )
         nursery = self._block.nursery
         if nursery is None:
             raise StreamStateError("listen() needs the server's async with block to be running")
@@ -237,14 +301,28 @@ class Server(EventEmitter):
             raise StreamStateError("listen() is not allowed: the server is closing")
         if self._listening:
             raise StreamStateError("listen() is not allowed: the server is already listening")
+        if address.listener is not None:
+            self.once("listening", address.listener)
+        try:
+            await self._bind(nursery, where, sock)
+        except BaseException:
+            if address.listener is not None:
+                self.off("listening", address.listener)  # the call failed: no 'listening'
+            raise
+
+    async def _bind(
+        self, nursery: trio.Nursery, where: _Listen, sock: _stdlib_socket.socket | None
+    ) -> None:
         self._listening = True
         if self._closed.is_set():
             self._closed = trio.Event()  # listening again after an earlier close()
         try:
             with transport_errors():
-                plain = await bind_listener(port, host, backlog, reuse_port, sock)
-            if sock is None and is_path(port):
-                self._unlink_path = os.fspath(cast("str | os.PathLike[str]", port))
+                plain = await bind_listener(
+                    where.port, where.host, where.backlog, where.reuse_port, sock
+                )
+            if sock is None and is_path(where.port):
+                self._unlink_path = os.fspath(cast("str | os.PathLike[str]", where.port))
         except TransportError as failure:
             self._listening = False
             error = failure.error
@@ -457,29 +535,8 @@ class Server(EventEmitter):
     def max_connections(self, value: int | None) -> None:
         self._options = attrs.evolve(self._options, max_connections=value)
 
-    if TYPE_CHECKING:
-
-        @overload  # type: ignore[override]  # narrower, typed per event
-        def on(self, event: Literal["connection"], listener: ConnectionListener) -> Self: ...
-        @overload
-        def on(
-            self, event: Literal["listening", "close"], listener: Callable[[], object]
-        ) -> Self: ...
-        @overload
-        def on(
-            self, event: Literal["error"], listener: Callable[[BaseException], object]
-        ) -> Self: ...
-        @overload
-        def on(self, event: str) -> Callable[[Any], Any]: ...
-        def on(self, event: str, listener: Any = None) -> Any: ...  # pyright: ignore[reportIncompatibleMethodOverride]  # narrower, typed per event
-
     def __repr__(self) -> str:
         return f"<trio_netstream.Server address={self._address!r} connections={self.connections}>"
 
     # Node names
     maxConnections = max_connections
-    addListener = EventEmitter.on
-    removeListener = EventEmitter.off
-    remove_listener = EventEmitter.off
-    removeAllListeners = EventEmitter.remove_all_listeners
-    listenerCount = EventEmitter.listener_count

@@ -20,12 +20,13 @@ stream.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 import attrs
 import trio
 
+from ._args import DEFAULT_HOST, connect_arguments
 from ._block import Block
 from ._connection import (
     TASK_NAME,
@@ -59,6 +60,17 @@ DataListener = Callable[[bytes], object] | Callable[[str], object]
 NoArgListener = Callable[[], object]
 ErrorListener = Callable[[BaseException], object]
 CloseListener = Callable[[bool], object]
+
+
+def _target(port: object, host: object) -> Target:
+    if is_path(port):
+        target = Target(path=os.fspath(cast("str | os.PathLike[str]", port)))  # is_path checked it
+        if not target.path:
+            raise ValueError("the UNIX socket path is empty")
+        return target
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    return Target(port=check_port(port, allow_zero=False), host=host or DEFAULT_HOST)
 
 
 def _check_chunk(data: object, encoding: object) -> bytes:
@@ -235,11 +247,27 @@ class Stream(StreamControls):
     # -- connecting --------------------------------------------------------
 
     @overload
-    def connect(self, port: int, host: str = ...) -> Self: ...
+    def connect(
+        self, port: int | str, host: str = ..., listener: NoArgListener | None = ...
+    ) -> Self: ...
     @overload
-    def connect(self, port: str | os.PathLike[str]) -> Self: ...
-    def connect(self, port: int | str | os.PathLike[str], host: str = "127.0.0.1") -> Self:
-        """Start connecting to *port* on *host* (TCP) or to a UNIX socket path.
+    def connect(
+        self,
+        port: int | str | os.PathLike[str] | Mapping[str, Any],
+        listener: NoArgListener = ...,
+        /,
+    ) -> Self: ...
+    def connect(
+        self,
+        port: int | str | os.PathLike[str] | Mapping[str, Any],
+        host: str | NoArgListener = DEFAULT_HOST,
+        listener: NoArgListener | None = None,
+    ) -> Self:
+        """Start connecting to *port* on *host* (TCP) or to a UNIX socket path;
+        a string of digits (``"8124"``) is a port. Node's forms work:
+        ``(port[, host][, listener])``, ``(path[, listener])``, ``(options[,
+        listener])`` (a dict of ``port`` and ``host``, or ``path``); *listener*
+        is added as a ``once('connect')`` listener.
 
         Legal when the stream is ``"closed"``, including after an earlier
         connection closed (reconnecting keeps listeners and encoding;
@@ -249,15 +277,18 @@ class Stream(StreamControls):
         starts. Returns the stream.
 
         Raises:
-            TypeError, ValueError: bad port, host or path.
+            TypeError, ValueError: bad port, host, path or listener.
             StreamStateError: the stream is not ``"closed"`` (or still closing).
         """
         if self._server_side:
             raise StreamStateError("connect() is not allowed on a stream a server accepted")
         if isinstance(self._owner, _BlockOwner) and self._owner.block.shutting_down:
             raise StreamStateError("connect() is not allowed: the stream's block is exiting")
-        target = self._target(port, host)
+        address = connect_arguments(port, host, listener)
+        target = _target(address.port, address.host)
         self._flow.sm.apply(Input.CONNECT, "connect()")
+        if address.listener is not None:
+            self.once("connect", address.listener)
         self._flow.reset()
         self._secure_from_first_byte(self._connection(target=target))
         if self._nursery is not None:
@@ -265,19 +296,6 @@ class Stream(StreamControls):
         else:
             self._start_pending = True
         return self
-
-    @staticmethod
-    def _target(port: object, host: object) -> Target:
-        if is_path(port):
-            target = Target(
-                path=os.fspath(cast("str | os.PathLike[str]", port))
-            )  # is_path checked it
-            if not target.path:
-                raise ValueError("the UNIX socket path is empty")
-            return target
-        if not isinstance(host, str):
-            raise TypeError(f"host must be a str, not {type(host).__name__}")
-        return Target(port=check_port(port, allow_zero=False), host=host or "127.0.0.1")
 
     # -- writing -------------------------------------------------------------
 

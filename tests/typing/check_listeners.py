@@ -38,6 +38,20 @@ async def listeners(stream: net.Stream, server: net.Server) -> None:
     server.on("listening", nothing).on("close", nothing)
     server.on("error", on_error)
 
+    # Node's forms: a connect or listening listener last, taking no argument.
+    net.connect(7000, "localhost", nothing)
+    net.create_connection(7000, nothing)
+    net.createConnection("7000", "localhost")
+    net.create_connection("/tmp/sock", nothing)
+    net.create_connection({"port": 7000, "allowHalfOpen": False}, nothing, no_delay=True)
+    net.Socket().connect(7000, "localhost", nothing)
+    net.Stream().connect({"path": "/tmp/sock"})
+    await server.listen(7000, "localhost", nothing)
+    await server.listen(7000, nothing)
+    await server.listen(nothing)
+    await server.listen({"port": 7000, "host": "localhost", "backlog": 5}, nothing)
+    await server.listen("/tmp/sock", backlog=5)
+
     # Wrong: each must be reported.
     def on_int(x: int) -> None: ...
     def two_args(a: bool, b: bool) -> None: ...
@@ -52,3 +66,8 @@ async def listeners(stream: net.Stream, server: net.Server) -> None:
     stream.on("error", on_os_error)  # E: call-overload
     server.on("connection", on_stream_wrongly)  # E: call-overload
     server.on("listening", on_close)  # E: call-overload
+    net.connect(7000, "localhost", on_close)  # E: arg-type
+    net.create_connection(7000, on_bytes)  # E: arg-type
+    net.Stream().connect(7000, on_close)  # E: arg-type
+    await server.listen(7000, "localhost", on_close)  # E: arg-type
+    await server.listen(7000, on_bytes)  # E: arg-type
