@@ -21,6 +21,7 @@ import trio
 from netstream_testing import bounded, port_of
 
 import trio_netstream as net
+from trio_netstream import StreamStateError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,6 +61,89 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+# --- item 2: waiting on a stream that is not running raises at once ------------------------
+
+NOT_RUNNING = "async with"
+
+
+async def iterate(stream: net.Stream) -> None:
+    async for _chunk in stream:
+        pass
+
+
+async def drain_after_write(stream: net.Stream) -> None:
+    stream.write(b"queued")
+    await stream.drain()
+
+
+WAITS: dict[str, Callable[[net.Stream], Any]] = {
+    "async for": iterate,
+    "drain()": drain_after_write,
+    "wait_closed()": lambda stream: stream.wait_closed(),
+}
+
+
+@pytest.mark.parametrize("call", list(WAITS))
+@bounded
+async def test_waiting_on_a_client_stream_without_async_with_raises_at_once(call: str) -> None:
+    async with echo_server() as server:
+        stream = net.create_connection(port_of(server))
+        with trio.fail_after(1), pytest.raises(StreamStateError, match=NOT_RUNNING) as caught:
+            await WAITS[call](stream)
+        assert call in str(caught.value)
+        assert stream.ready_state == "opening"  # nothing changed: the block may still run it
+        assert await round_trip(stream) == b"queued" * (call == "drain()") + b"hello"
+
+
+@pytest.mark.parametrize("call", list(WAITS))
+@bounded
+async def test_waiting_on_a_wrapped_stream_without_async_with_raises_at_once(call: str) -> None:
+    async with echo_server() as server:
+        stream = net.Stream.wrap(await trio.open_tcp_stream("127.0.0.1", port_of(server)))
+        with trio.fail_after(1), pytest.raises(StreamStateError, match=NOT_RUNNING):
+            await WAITS[call](stream)
+        async with stream:
+            stream.end()
+
+
+@bounded
+async def test_the_same_calls_wait_in_the_block_and_return_after_it() -> None:
+    async with echo_server() as server:
+        stream = net.create_connection(port_of(server))
+        async with stream:
+            stream.write(b"ping")
+            await stream.drain()
+            async for chunk in stream:
+                assert chunk == b"ping"
+                break
+            stream.end()
+            await stream.wait_closed()
+        # The block ended and the stream is closed: nothing to wait for.
+        with trio.fail_after(1):
+            await stream.wait_closed()
+            await stream.drain()
+            assert [chunk async for chunk in stream] == []
+
+
+@bounded
+async def test_a_server_side_stream_waits_in_its_servers_block() -> None:
+    served: list[Any] = []
+
+    async def handler(stream: net.Stream) -> None:
+        async for chunk in stream:
+            served.append(chunk)
+            stream.write(chunk)
+            await stream.drain()
+        stream.end()
+        await stream.wait_closed()
+
+    async with net.create_server(handler) as server:
+        await server.listen(0, "127.0.0.1")
+        assert await round_trip(net.create_connection(port_of(server))) == b"hello"
+        server.close()
+    assert b"".join(served) == b"hello"
 
 
 # --- item 3: a string of digits is a TCP port -------------------------------------------------

@@ -73,6 +73,16 @@ def _target(port: object, host: object) -> Target:
     return Target(port=check_port(port, allow_zero=False), host=host or DEFAULT_HOST)
 
 
+def _not_running(call: str) -> StreamStateError:
+    """What *call* raises where it would wait for a client stream whose tasks
+    do not run: it is not in its ``async with`` block."""
+    return StreamStateError(
+        f"{call} would wait forever: the stream is not running. Run it in its"
+        " block first: `async with net.create_connection(...) as stream:` (or"
+        " `async with stream:`), and wait inside the block"
+    )
+
+
 def _check_chunk(data: object, encoding: object) -> bytes:
     if isinstance(data, bytes):
         if encoding != "utf8" and encoding is not None:
@@ -417,8 +427,8 @@ class Stream(StreamControls):
 
         Raises:
             OSError: the stream failed before the queue emptied (its error).
-            StreamStateError: the stream was destroyed before the queue emptied;
-                or called where it would wait for itself (see docs/behaviour.md).
+            StreamStateError: destroyed before the queue emptied; or where it would
+                wait for itself, or outside the stream's block (docs/behaviour.md).
         """
         await trio.lowlevel.checkpoint()
         flow = self._flow
@@ -435,14 +445,19 @@ class Stream(StreamControls):
             if flow.flushed:
                 return  # flushed, and the 'drain' a False write() promised came first
             check_drain_may_wait(conn)
+            if self._nursery is None and not self._server_side:
+                raise _not_running("drain()")
             await conn.wait_flushed()
 
     async def wait_closed(self) -> None:
         """Wait until the current connection has emitted ``'close'``.
 
-        Cancelling the wait leaves the stream as it is.
+        Cancelling the wait leaves the stream as it is. Raises
+        :exc:`StreamStateError` where it would wait outside the stream's block.
         """
         while self._conn is not None and not self._conn.closed:
+            if self._nursery is None and not self._server_side:
+                raise _not_running("wait_closed()")
             await self._conn.wait_closed()
         await trio.lowlevel.checkpoint()
 
@@ -450,9 +465,13 @@ class Stream(StreamControls):
         """Iterate over received chunks (the same ones ``'data'`` gets).
 
         Ends at ``'end'``; raises the stream's error (which then counts as
-        handled). Reads only as fast as the loop consumes.
+        handled). Reads only as fast as the loop consumes. Raises
+        :exc:`StreamStateError` if already iterated, or where it would wait
+        outside the stream's block.
         """
         flow = self._flow
+        if not flow.sm.reading_over and self._nursery is None and not self._server_side:
+            raise _not_running("async for")
         if flow.feed is not None and flow.feed.alive:
             raise StreamStateError("the stream is already being iterated")
         flow.feed, iterator = open_feed(flow)
