@@ -40,7 +40,8 @@ myst_heading_anchors = 3
 # autodoc: members in source order, signatures with their types.
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_preserve_defaults = True
+# Defaults as values (host='127.0.0.1'), not as the source spells them (DEFAULT_HOST).
+autodoc_preserve_defaults = False
 autodoc_default_options = {"members": True, "show-inheritance": False}
 add_module_names = False
 python_use_unqualified_type_names = True

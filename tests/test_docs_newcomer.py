@@ -396,3 +396,10 @@ def test_state_diagram_joins_any_shared_target(gen: Any) -> None:
     tips = {(round(s[-1][0], 1), round(s[-1][1], 1)) for s, arrow in _paths(svg) if arrow}
     assert len([tip for tip in tips if _touches(tip, d)]) == 1
     assert len(re.findall(r"<title>\w+ --stop--&gt; D</title>", svg)) == 3
+
+
+def test_api_signatures_show_default_values(built: Path) -> None:
+    """``host='127.0.0.1'``, not the name of a private constant."""
+    page = _page_text(built / "api.html")
+    assert "host: str = '127.0.0.1'" in page
+    assert not re.search(r"=\s*_?[A-Z][A-Z_]{2,}\b", page)
