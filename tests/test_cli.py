@@ -24,13 +24,16 @@ async def test_demo_transcript_in_process() -> None:
     with trio.fail_after(10):
         await demo(out=lines.append)
     server = _side(lines, "server")
+    conn = _side(lines, "conn")
     client = _side(lines, "client")
-    # The server: listening, then the seed's echo conversation, then closes last.
+    # The server: listening, its connection, then closes last.
     assert server[0].startswith("listening(('127.0.0.1', ")
     assert server[1].startswith("connection('127.0.0.1:")
-    assert server[2] == "connect()"
-    assert server[-3:] == ["end()", "close(False)", "close()"]
-    assert "".join(eval(line[5:-1]) for line in server if line.startswith("data(")) == (
+    assert server[2:] == ["close()"]
+    # The connection it accepted: the echo conversation.
+    assert conn[0] == "connect()"
+    assert conn[-2:] == ["end()", "close(False)"]
+    assert "".join(eval(line[5:-1]) for line in conn if line.startswith("data(")) == (
         "ping\r\npong\r\n"
     )
     # The client: connect first, its data is the echo with hello/goodbye around it.

@@ -7,6 +7,7 @@ sockets scripted here. Every test is bounded in time and reaps its children.
 
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -182,4 +183,32 @@ async def test_demo_exits_quietly_when_its_stdout_closes_early(tls: bool, lines:
     assert all(line.startswith("server listening(") for line in child.lines[:1])
 
 
-# -- demo labels, echo's default port, echo and a peer that resets -------------------
+# -- demo labels ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_demo_labels_the_server_and_its_connection_apart(tls: bool) -> None:
+    with trio.fail_after(LIMIT):
+        result = await trio.run_process(
+            cli("demo", *(["--tls"] if tls else [])),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert (result.returncode, result.stderr) == (0, b"")
+    lines = result.stdout.decode().splitlines()
+
+    def events(label: str) -> list[str]:
+        return [
+            re.sub(r"\(.*\)$", "", line.split(None, 1)[1])
+            for line in lines
+            if line.split(None, 1)[0] == label
+        ]
+
+    # The Server: listening, its 'connection' event, and its close at the end.
+    assert events("server") == ["listening", "connection", "close"]
+    # The connection it accepted: the echo conversation.
+    conn = [name for name in events("conn") if name != "data"]
+    assert conn == ["connect", *(["secure"] if tls else []), "end", "close"]
+    assert lines[-1] == "server close()"
+    assert {line.split(None, 1)[0] for line in lines} == {"server", "conn", "client"}

@@ -1,5 +1,10 @@
 """``demo``: the seed's echo server and a client on loopback, printing the
-event transcript of both sides (with ``--tls``: TLS from the first byte)."""
+event transcript of both sides (with ``--tls``: TLS from the first byte).
+
+Each line names whose event it is: ``server`` (the Server: ``listening``,
+``connection``, ``close``), ``conn`` (the stream the server accepted) or
+``client``.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ async def demo(
     (``demo | head -2``), the rest of the transcript is dropped quietly.
     """
     server_event = printer(out, "server")
+    conn_event = printer(out, "conn")
     server_options: dict[str, Any] = {}
     client_options: dict[str, Any] = {}
     if tls:
@@ -37,7 +43,8 @@ async def demo(
     served = trio.Event()  # the server's side of the one connection has closed
 
     def echo(stream: Stream) -> None:
-        _echo_like_the_seed(stream, server_event, tls=tls)
+        server_event("connection", f"{stream.remote_address}:{stream.remote_port}")
+        _echo_like_the_seed(stream, conn_event, tls=tls)
         stream.on("close", lambda _had_error: served.set())
 
     async with create_server(echo, **server_options) as server:
@@ -59,30 +66,29 @@ async def demo(
         server.close()
 
 
-def _echo_like_the_seed(stream: Stream, server_event: Callable[..., None], *, tls: bool) -> None:
-    """The seed's example, line by line, printing the server's events."""
+def _echo_like_the_seed(stream: Stream, conn_event: Callable[..., None], *, tls: bool) -> None:
+    """The seed's example, line by line, printing the accepted stream's events."""
     stream.set_encoding("utf8")
-    server_event("connection", f"{stream.remote_address}:{stream.remote_port}")
 
     def on_connect() -> None:
-        server_event("connect")
+        conn_event("connect")
         stream.write("hello\r\n")
 
     def on_data(data: str) -> None:
-        server_event("data", data)
+        conn_event("data", data)
         stream.write(data)
 
     def on_end() -> None:
-        server_event("end")
+        conn_event("end")
         stream.write("goodbye\r\n")
         stream.end()
 
     stream.on("connect", on_connect)
     if tls:
-        stream.on("secure", lambda: server_event("secure"))
+        stream.on("secure", lambda: conn_event("secure"))
     stream.on("data", on_data)
     stream.on("end", on_end)
-    stream.on("close", lambda had_error: server_event("close", had_error))
+    stream.on("close", lambda had_error: conn_event("close", had_error))
 
 
 def _print_client_events(client: Stream, out: Callable[[str], object], *, tls: bool) -> None:
