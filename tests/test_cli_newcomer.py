@@ -24,7 +24,7 @@ from test_cli_commands import (
 LIMIT = 20  # seconds; a hang fails the test instead of blocking the run
 
 
-# -- connect --starttls: anything but the dialogue aborts with exit 1 ----------------
+# -- connect --starttls: anything but the dialogue aborts with exit 1 ------------------
 
 
 async def test_connect_starttls_to_a_plain_echo_server_exits_1() -> None:
@@ -121,7 +121,7 @@ async def test_connect_starttls_timeout_is_checked(argv: list[str]) -> None:
     assert "--starttls-timeout" in err
 
 
-# -- usage and bind errors name what failed ----------------------------------------
+# -- usage and bind errors name what failed --------------------------------------------
 
 
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
@@ -163,7 +163,7 @@ async def test_an_unknown_argument_prints_the_commands_usage(argv: list[str], us
     assert err.endswith(f"trio-netstream {argv[0]}: error: unrecognized arguments: {argv[-1]}\n")
 
 
-# -- demo: a reader that goes away early ---------------------------------------------
+# -- demo: a reader that goes away early -----------------------------------------------
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
@@ -183,7 +183,7 @@ async def test_demo_exits_quietly_when_its_stdout_closes_early(tls: bool, lines:
     assert all(line.startswith("server listening(") for line in child.lines[:1])
 
 
-# -- demo labels ---------------------------------------------------------------------
+# -- demo labels, echo's default port --------------------------------------------------
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
@@ -212,3 +212,21 @@ async def test_demo_labels_the_server_and_its_connection_apart(tls: bool) -> Non
     assert conn == ["connect", *(["secure"] if tls else []), "end", "close"]
     assert lines[-1] == "server close()"
     assert {line.split(None, 1)[0] for line in lines} == {"server", "conn", "client"}
+
+
+async def test_echo_listens_on_8124_by_default() -> None:
+    # 8124 is every example's port. If something else holds it, the failure
+    # names the port: either way, the default is 8124.
+    with trio.fail_after(LIMIT):
+        async with running("echo") as child:
+            assert child.process.stdout is not None and child.process.stderr is not None
+            out = await child.process.stdout.receive_some()
+            if not out:
+                code = await child.process.wait()
+                err = (await receive_all(child.process.stderr)).decode()
+                assert (code, err) == (
+                    1,
+                    "trio-netstream: address already in use: 127.0.0.1:8124 (EADDRINUSE)\n",
+                )
+                return
+    assert re.fullmatch(rb"listening on 127\.0\.0\.1:8124 \(pid \d+\)\n", out), out

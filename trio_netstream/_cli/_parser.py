@@ -149,7 +149,10 @@ def _demo_options(run_demo: argparse.ArgumentParser) -> None:
 def _echo_options(echo: argparse.ArgumentParser) -> None:
     echo.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
     echo.add_argument(
-        "--port", type=_port(True), default=7000, help="TCP port (default: 7000; 0: any free port)"
+        "--port",
+        type=_port(True),
+        default=8124,
+        help="TCP port (default: 8124, the examples' port; 0: any free port)",
     )
     echo.add_argument("--unix", metavar="PATH", help="listen on a UNIX socket instead of TCP")
     echo.add_argument("--tls-cert", metavar="FILE", help="serve TLS: certificate chain (PEM)")
