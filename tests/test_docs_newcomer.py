@@ -204,7 +204,7 @@ def _index_transcript() -> list[str]:
 
 
 PORT = re.compile(r"(?<=', )\d+(?=\))|(?<=:)\d+(?=')")
-LINE = re.compile(r"^(?P<side>\S+) (?P<event>\w+)\((?P<args>.*)\)$")
+LINE = re.compile(r"^(?P<side>\S+)\s+(?P<event>\w+)\((?P<args>.*)\)$")
 
 
 def _canonical(lines: list[str]) -> list[str]:
