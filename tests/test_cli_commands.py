@@ -79,11 +79,12 @@ class Child:
 
 
 @asynccontextmanager
-async def running(*args: str) -> AsyncIterator[Child]:
+async def running(*args: str, stdin: int = subprocess.DEVNULL) -> AsyncIterator[Child]:
     """Start ``trio-netstream *args``; on the way out SIGTERM it (SIGKILL
-    after 10 s) and reap it, so no child (nor an echo worker) is left."""
+    after 10 s) and reap it, so no child (nor an echo worker) is left.
+    ``stdin=subprocess.PIPE`` keeps its stdin open until then."""
     process = await trio.lowlevel.open_process(
-        cli(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cli(*args), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         yield Child(process)
@@ -96,7 +97,7 @@ async def running(*args: str) -> AsyncIterator[Child]:
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
-            for pipe in (process.stdout, process.stderr):
+            for pipe in (process.stdin, process.stdout, process.stderr):
                 if pipe is not None:
                     await pipe.aclose()
 
@@ -358,7 +359,8 @@ async def test_interrupting_connect_exits_130() -> None:
     with trio.fail_after(LIMIT):
         async with (
             echo_server() as (_, host, port),
-            running("connect", host, str(port)) as client,
+            # stdin stays open: the client is still connected when interrupted.
+            running("connect", host, str(port), stdin=subprocess.PIPE) as client,
         ):
             assert client.process.stdout is not None
             greeting = await client.process.stdout.receive_some()
