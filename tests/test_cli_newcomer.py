@@ -42,6 +42,24 @@ async def test_connect_starttls_to_a_plain_echo_server_exits_1() -> None:
 
 
 @pytest.mark.parametrize(
+    "greeting",
+    ["220ready", "\uff12\uff12\uff10 ready", "22 ready", "ready"],  # "\uff12": a fullwidth 2
+)
+async def test_connect_starttls_refuses_a_line_that_is_no_smtp_reply(greeting: str) -> None:
+    async def greet(stream: trio.SocketStream) -> None:
+        await stream.send_all(greeting.encode() + b"\r\n")
+        await receive_all(stream)
+
+    with trio.fail_after(LIMIT):
+        async with raw_server(greet) as port:
+            result = await run_connect("127.0.0.1", str(port), "--starttls")
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"trio-netstream: STARTTLS: expected 220 to greeting, got {greeting!r}: 127.0.0.1:{port}\n"
+    )
+
+
+@pytest.mark.parametrize(
     ("greeting", "waiting_for"),
     [
         (b"", "the 220 greeting"),

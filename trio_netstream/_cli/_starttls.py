@@ -21,7 +21,7 @@ _WAITING_FOR = {
     "upgrading": "the TLS handshake",
 }
 #: A reply line (RFC 5321, 4.2): three digits, then a space, ``-`` or nothing.
-_REPLY_LINE = re.compile(r"(\d{3})([ -].*)?")
+_REPLY_LINE = re.compile(r"([0-9]{3})([ -].*)?")
 
 DEFAULT_TIMEOUT = 10.0  # seconds until TLS must be up
 
