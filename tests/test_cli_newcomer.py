@@ -168,6 +168,23 @@ async def test_echo_on_a_busy_port_names_the_address_and_the_code(workers: list[
 
 
 @pytest.mark.parametrize(
+    ("argv", "port"),
+    [(["connect", "nosuch.invalid", "25"], 25), (["echo", "--host", "nosuch.invalid"], 8124)],
+)
+async def test_a_name_that_does_not_resolve_is_named_once(argv: list[str], port: int) -> None:
+    with trio.fail_after(LIMIT):
+        result = await trio.run_process(
+            cli(*argv), stdin=b"", capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert (result.returncode, result.stdout) == (1, b"")
+    err = result.stderr.decode()
+    # e.g. "...: Name or service not known (ENOTFOUND)", or EAI_AGAIN offline
+    assert re.fullmatch(
+        rf"trio-netstream: cannot resolve nosuch\.invalid:{port}: [^()]+ \(E[A-Z_]+\)\n", err
+    ), err
+
+
+@pytest.mark.parametrize(
     ("argv", "usage"),
     [
         (["connect", "--bogus"], "usage: trio-netstream connect (HOST PORT | --unix PATH)"),

@@ -95,7 +95,10 @@ def describe(exc: BaseException, target: str) -> tuple[str, int]:
         reason = exc.reason or str(exc)
         return f"TLS handshake failed: {target}: {reason}{suffix}", EXIT_TLS
     if isinstance(exc, socket.gaierror):
-        return f"cannot resolve {target}: {exc.strerror}{suffix}", EXIT_NETWORK
+        # The library's message repeats the host ("getaddrinfo ENOTFOUND
+        # host (reason)"); the resolver's own is chained as the cause.
+        original = exc.__cause__ if isinstance(exc.__cause__, socket.gaierror) else exc
+        return f"cannot resolve {target}: {original.strerror}{suffix}", EXIT_NETWORK
     if isinstance(exc, OSError):
         # os.strerror: Trio's connect errors say "error connecting to (...): ..."
         what = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
