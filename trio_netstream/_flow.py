@@ -227,9 +227,6 @@ class Flow:
 
     # -- reading ---------------------------------------------------------
 
-    def count_read(self, size: int) -> None:
-        self.bytes_read += size
-
     def decode(self, data: bytes) -> Chunk | None:
         """What *data* delivers (the carry first; ``None``: nothing yet)."""
         if self.carry:

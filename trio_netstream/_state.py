@@ -132,10 +132,6 @@ class StateMachine:
         return self.state in CONNECTING
 
     @property
-    def writable(self) -> bool:
-        return self.state in WRITABLE
-
-    @property
     def write_ended(self) -> bool:
         return self.state in WRITE_ENDED
 

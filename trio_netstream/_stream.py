@@ -46,7 +46,7 @@ from ._flow import Flow
 from ._options import StreamOptions, check_port, is_path, stream_options
 from ._socket import SocketTransport
 from ._state import WRITABLE, Input, State
-from ._writer import finish_writer, kick_writer
+from ._writer import kick_writer, send_eof_now
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -372,27 +372,9 @@ class Stream(StreamControls):
             sm.apply(Input.END)
             conn = self._conn
             assert conn is not None
-            if not self._send_eof_now(conn):
+            if not send_eof_now(conn):
                 kick_writer(conn)
         return self
-
-    def _send_eof_now(self, conn: Connection) -> bool:
-        """Nothing queued and no writer: FIN now, without waking a writer task."""
-        direct = conn.direct
-        if (
-            direct is None
-            or self._flow.queued
-            or (conn.writer is not None and conn.writer.started)
-            or self._flow.sm.connecting
-        ):
-            return False
-        try:
-            direct.try_send_eof()
-        except OSError:
-            return False  # the writer meets the failure again and reports it
-        conn.wrote_eof = True
-        finish_writer(conn)
-        return True
 
     def destroy(self, error: BaseException | None = None) -> Self:
         """Close now, dropping queued writes; ``'close'`` follows (``'error'``
@@ -418,6 +400,12 @@ class Stream(StreamControls):
         return self
 
     # -- Trio-native extras -----------------------------------------------------
+
+    @property
+    def _idle_client(self) -> bool:
+        """A client stream outside its block: no task of it runs, so waiting
+        for it would never end. (A server-side stream runs in its server's.)"""
+        return self._nursery is None and not self._server_side
 
     async def drain(self) -> None:
         """Wait until every queued byte has been handed to the kernel (and the
@@ -445,7 +433,7 @@ class Stream(StreamControls):
             if flow.flushed:
                 return  # flushed, and the 'drain' a False write() promised came first
             check_drain_may_wait(conn)
-            if self._nursery is None and not self._server_side:
+            if self._idle_client:
                 raise _not_running("drain()")
             await conn.wait_flushed()
 
@@ -456,7 +444,7 @@ class Stream(StreamControls):
         :exc:`StreamStateError` where it would wait outside the stream's block.
         """
         while self._conn is not None and not self._conn.closed:
-            if self._nursery is None and not self._server_side:
+            if self._idle_client:
                 raise _not_running("wait_closed()")
             await self._conn.wait_closed()
         await trio.lowlevel.checkpoint()
@@ -470,7 +458,7 @@ class Stream(StreamControls):
         outside the stream's block.
         """
         flow = self._flow
-        if not flow.sm.reading_over and self._nursery is None and not self._server_side:
+        if not flow.sm.reading_over and self._idle_client:
             raise _not_running("async for")
         if flow.feed is not None and flow.feed.alive:
             raise StreamStateError("the stream is already being iterated")

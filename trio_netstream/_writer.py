@@ -28,7 +28,14 @@ from ._errors import transport_errors
 if TYPE_CHECKING:
     from ._connection import Connection, Upgrade
 
-__all__ = ["Writer", "emit_drain", "finish_writer", "kick_writer", "wait_writer_finished"]
+__all__ = [
+    "Writer",
+    "emit_drain",
+    "finish_writer",
+    "kick_writer",
+    "send_eof_now",
+    "wait_writer_finished",
+]
 
 
 class Writer:
@@ -76,6 +83,23 @@ def _has_work(conn: Connection) -> bool:
         or flow.sm.sending_eof
         or (flow.need_drain and conn.listens("drain"))
     )
+
+
+def send_eof_now(conn: Connection) -> bool:
+    """``end()`` with nothing queued and no writer task: FIN now, without
+    starting one; ``False`` if the writer must do it."""
+    direct = conn.direct
+    flow = conn.flow
+    writer = conn.writer
+    if direct is None or flow.queued or flow.sm.connecting or (writer and writer.started):
+        return False
+    try:
+        direct.try_send_eof()
+    except OSError:
+        return False  # the writer meets the failure again and reports it
+    conn.wrote_eof = True
+    finish_writer(conn)
+    return True
 
 
 def kick_writer(conn: Connection) -> None:
