@@ -282,12 +282,6 @@ def _send_one_byte_then_reset(port: int) -> None:
     # closed with SO_LINGER 0: an RST, not a FIN
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library (issue 14, item 10): Stream.write()'s try-write drops the ECONNRESET "
-    "the kernel reports once (the writer then meets EPIPE), and the byte the reader had "
-    "already read is never emitted; remove this marker with the library's fix",
-)
 async def test_echo_logs_the_data_and_the_reset_of_a_peer_that_resets() -> None:
     rounds = 3
     with trio.fail_after(LIMIT):

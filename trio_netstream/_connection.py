@@ -158,6 +158,8 @@ class Connection:
         "reader_task",
         "resume_lot",
         "scopes",
+        "send_error",
+        "send_failed_first",
         "step_scope",
         "stopped",
         "target",
@@ -197,6 +199,8 @@ class Connection:
         self.wrote_eof = False
         self.read_stopped = False
         self.in_receive = False  # blocked in receive_some(), under step_scope
+        self.send_error: BaseException | None = None  # the best error a send met
+        self.send_failed_first = False  # the reader reports send_error at its end
         self.task_nursery: trio.Nursery | None = None
         self.reader_task: trio.lowlevel.Task | None = None  # the lifecycle's
         self.step_scope: trio.CancelScope | None = None
@@ -247,6 +251,7 @@ class Connection:
                         eof, held = await read_session(self, scope)
                     if scope.cancel_called:
                         continue  # woken (or stopped): the rest in a fresh step
+                    reader_owes_failure(self)
                     if not self.read_stopped:  # no FIN came from the peer: no 'end'
                         await end_of_input(self)
                     # The writable side ends with end(): the writer (started
@@ -474,8 +479,8 @@ class Connection:
         exception goes to the owner."""
         try:
             await work
-        except TransportError as failure:
-            self.fail(failure.error)
+        except TransportError as failure:  # the writer's (the timer sends nothing)
+            send_failed(self, failure.error)
         except Exception as exc:  # a listener raised
             self.owner.listener_failed(exc)
 
@@ -498,6 +503,7 @@ class Connection:
             await self.closed_event.wait()
 
     async def park_reader(self) -> None:
+        reader_owes_failure(self)  # nothing would wake it
         if self.resume_lot is None:
             self.resume_lot = trio.lowlevel.ParkingLot()
         await self.resume_lot.park()
@@ -519,6 +525,49 @@ class Connection:
             and (upgrade or self.flow.kept)
         ):
             self.step_scope.cancel()
+
+
+def send_failed(conn: Connection, error: BaseException, *, in_write: bool = False) -> None:
+    """A send found the peer gone: the writer's (via :meth:`Connection.guarded`),
+    or ``write()``'s try-write with *in_write*, which only records it (the
+    writer meets it again).
+
+    On a TCP socket whose reader takes data, the bytes the peer sent
+    before its reset are still readable, and reading no longer waits (a
+    reset socket is always readable): the reader delivers them, then
+    reports the failure, so no received byte is lost (Node loses them).
+    A reset outranks the ``EPIPE`` that later sends meet (the kernel
+    reports a reset once). Otherwise the connection fails now."""
+    if conn.send_error is None or (
+        isinstance(error, ConnectionResetError)
+        and not isinstance(conn.send_error, ConnectionResetError)
+    ):
+        conn.send_error = error
+    conn.direct = None  # the writer meets it from now on
+    if conn.send_failed_first:
+        return
+    sock = plain_socket(conn.transport)
+    if (
+        isinstance(error, (BrokenPipeError, ConnectionResetError))
+        and sock is not None
+        and sock.family in _INET
+        and conn.upgrade is None
+        and not conn.flow.paused
+        and conn.has_consumer()
+    ):
+        conn.send_failed_first = True
+        conn.flow.drop_writes()
+        conn.flushed()
+    elif not in_write:
+        conn.fail(conn.send_error)
+
+
+def reader_owes_failure(conn: Connection) -> None:
+    """Raise the send failure the reader reports (after the data before
+    it): at the end of input, or where it would wait for ``resume()``."""
+    if conn.send_failed_first:
+        assert conn.send_error is not None
+        raise TransportError(conn.send_error)
 
 
 def check_drain_may_wait(conn: Connection) -> None:

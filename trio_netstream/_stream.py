@@ -35,12 +35,13 @@ from ._connection import (
     apply_socket_options,
     check_drain_may_wait,
     note_addresses,
+    send_failed,
 )
 from ._controls import StreamControls
 from ._dial import Target
 from ._emitter import EventEmitter
 from ._encoding import encode, normalize
-from ._errors import StreamStateError
+from ._errors import StreamStateError, translate
 from ._feed import open_feed
 from ._flow import Flow
 from ._options import StreamOptions, check_port, is_path, stream_options
@@ -338,8 +339,9 @@ class Stream(StreamControls):
             # Nothing queued or in flight: send now, as libuv's try-write.
             try:
                 sent = direct.try_send(chunk)
-            except OSError:
-                sent = 0  # the writer meets the error again and reports it
+            except OSError as exc:
+                sent = 0  # the writer meets the error again
+                send_failed(conn, translate(exc), in_write=True)
             if flow.idle_period and sent:
                 flow.last_activity = trio.current_time()
             if sent == len(chunk):

@@ -111,6 +111,8 @@ def kick_writer(conn: Connection) -> None:
         return
     if conn.task_nursery is None or conn.transport is None or conn.stopped:
         return  # the lifecycle kicks it once the connection is up
+    if conn.send_failed_first:
+        return  # nothing more goes out: the reader reports the failure
     if not conn.flow.sm.live or not _has_work(conn):
         return
     if conn.start_task(_write_loop):

@@ -2,10 +2,11 @@
 
 Commands:
 
-* ``demo [--tls]``: the seed's echo server and a client on loopback, printing
-  the event transcript of both sides (with ``--tls``: TLS from the first
-  byte, with a throwaway certificate).
-* ``echo``: the seed's echo server, printing a line per connection event;
+* ``demo [--tls]``: the echo server of Node's original ``net`` docs and a
+  client on loopback, printing the event transcript of both sides (with
+  ``--tls``: TLS from the first byte, with a throwaway certificate).
+* ``echo``: the echo server of Node's original ``net`` docs, printing a
+  line per connection event;
   ``--workers N`` runs N processes sharing one port (``SO_REUSEPORT``).
 * ``connect``: a netcat-like client: stdin to the socket, received data to
   stdout; ``--tls`` or SMTP-style ``--starttls``.

@@ -1,4 +1,4 @@
-"""``demo``: the seed's echo server and a client on loopback, printing the
+"""``demo``: the echo server of Node's original ``net`` docs and a client on loopback, printing the
 event transcript of both sides (with ``--tls``: TLS from the first byte).
 
 Each line names whose event it is: ``server`` (the Server: ``listening``,
@@ -25,7 +25,7 @@ async def demo(
     *,
     tls: bool = False,
 ) -> None:
-    """The seed's echo server, and a client that says two lines and ends.
+    """The echo server of Node's original ``net`` docs, and a client that says two lines and ends.
 
     With *tls*, both sides speak TLS from the first byte, with a throwaway
     certificate, and both print their ``'secure'`` event. Each line goes to
@@ -44,7 +44,7 @@ async def demo(
 
     def echo(stream: Stream) -> None:
         server_event("connection", f"{stream.remote_address}:{stream.remote_port}")
-        _echo_like_the_seed(stream, conn_event, tls=tls)
+        _echo_like_node_docs(stream, conn_event, tls=tls)
         stream.on("close", lambda _had_error: served.set())
 
     async with create_server(echo, **server_options) as server:
@@ -66,8 +66,8 @@ async def demo(
         server.close()
 
 
-def _echo_like_the_seed(stream: Stream, conn_event: Callable[..., None], *, tls: bool) -> None:
-    """The seed's example, line by line, printing the accepted stream's events."""
+def _echo_like_node_docs(stream: Stream, conn_event: Callable[..., None], *, tls: bool) -> None:
+    """Node's docs' example, line by line, printing the accepted stream's events."""
     stream.set_encoding("utf8")
 
     def on_connect() -> None:

@@ -1,4 +1,5 @@
-"""``echo``: the seed's echo server, printing a line per connection event."""
+"""``echo``: the echo server of Node's original ``net`` docs, printing a
+line per connection event."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ async def echo_server(
     reuse_port: bool = False,
     out: Callable[[str], object] = say,
 ) -> int:
-    """Serve the seed's echo protocol until cancelled, printing every event.
+    """Serve the echo protocol of Node's original docs until cancelled, printing every event.
 
     Each connection gets ``hello\\r\\n``, its data echoed (with backpressure:
     reading pauses until a slow reader has taken the echo), and
@@ -64,7 +65,7 @@ async def echo_server(
 
 
 def _echo(stream: Stream, log: Callable[[str], None]) -> None:
-    """The seed's echo protocol on one connection, logging its events."""
+    """The echo protocol of Node's original docs on one connection, logging its events."""
     if stream.remote_port is not None:
         peer = host_port(str(stream.remote_address), stream.remote_port)
     else:

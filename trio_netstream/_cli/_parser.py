@@ -20,7 +20,7 @@ exit codes:
   130  interrupted (SIGINT, Ctrl-C)"""
 
 _ECHO_DESCRIPTION = """\
-The seed's echo server: on connect it writes "hello\\r\\n", then echoes every
+The echo server of Node's original net docs: on connect it writes "hello\\r\\n", then echoes every
 byte it receives; when the client ends, it writes "goodbye\\r\\n" and ends too.
 
 It prints "listening on HOST:PORT (pid N)" once listening, then one line per
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_demo = commands.add_parser(
         "demo",
         help="echo server and client on loopback, printing the event transcript",
-        description="The seed's echo server and a client on loopback,\n"
+        description="The echo server of Node's original net docs and a client on loopback,\n"
         "printing the event transcript of both sides.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_options(run_demo)
     echo = commands.add_parser(
         "echo",
-        help="the seed's echo server, printing every connection event",
+        help="the echo server of Node's original net docs, printing every connection event",
         description=_ECHO_DESCRIPTION,
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
