@@ -357,7 +357,10 @@ async def test_create_connection_options_dict_takes_python_names_a_path_and_a_li
     [
         ({"port": 1, "bogus": 1}, "'bogus'"),
         ({"port": 1, "exclusive": True}, "'exclusive'"),
-        ({"port": 1, "timeout": 1000}, "'timeout': call set_timeout"),
+        (
+            {"port": 1, "lookup": print},
+            "'lookup': install a resolver with trio.socket.set_custom_hostname_resolver",
+        ),
         ({"host": "127.0.0.1"}, "'port' or a 'path'"),
         ({"port": 1, "path": "/tmp/x"}, "'port' or 'path', not both"),
     ],

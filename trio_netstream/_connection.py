@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
-from ._dial import open_transport, set_socket_options
+from ._attempts import dial
+from ._dial import set_socket_options
 from ._errors import StreamStateError, TransportError, translate
 from ._reader import deliver, end_of_input, read_session, secure, settle
 from ._socket import SocketTransport
@@ -281,7 +282,10 @@ class Connection:
         if flow.idle_period:
             start_timer(self)
         if self.transport is None:
-            self.transport, peer = await open_transport(self.target)
+            assert self.task_nursery is not None
+            self.transport, peer = await dial(
+                self.target, self.options, self.emit, self.task_nursery
+            )
             if self.stopped:
                 return False  # destroyed as the connection came up: teardown closes it
             if self.upgrade is None:

@@ -9,13 +9,16 @@ tasks; none emits an event.
 
 from __future__ import annotations
 
+import contextlib
+import socket as _stdlib_socket
 import ssl
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
-from ._connection import Connection, Upgrade, apply_socket_options
+from ._connection import Connection, Upgrade, apply_socket_options, plain_socket
 from ._errors import StreamStateError
 from ._options import check_number, check_timeout_ms
 from ._properties import StreamProperties
@@ -27,6 +30,9 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["StreamControls"]
+
+_INET = (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6)
+_LINGER_0 = struct.pack("ii", 1, 0)  # on, 0 s: close() sends RST
 
 NoArgListener = Callable[[], object]
 
@@ -51,6 +57,10 @@ class StreamControls(StreamProperties):
     :class:`~trio_netstream.Stream`)."""
 
     __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def destroy(self, error: BaseException | None = None) -> Self: ...  # Stream's
 
     def _secure_from_first_byte(self, conn: Connection) -> None:
         """The ``ssl`` option: TLS starts as soon as the connection is up."""
@@ -193,6 +203,28 @@ class StreamControls(StreamProperties):
         self._set_options(keep_alive=enable, keep_alive_initial_delay=initial_delay)
         return self
 
+    def reset_and_destroy(self) -> Self:
+        """Close with a TCP RST instead of a FIN (``SO_LINGER`` 0): the peer
+        sees ``ECONNRESET``; this side emits ``'close'(False)``, as after
+        :meth:`destroy` (whose rules it follows otherwise: nothing queued is
+        sent). Also over TLS on TCP (no close_notify is sent).
+
+        Raises:
+            StreamStateError: the stream is not TCP (a UNIX socket, a wrapped
+                stream that is no socket, or no connection yet).
+        """
+        conn = self._conn
+        sock = None if conn is None else plain_socket(conn.transport)
+        if sock is not None and sock.family in _INET:
+            with contextlib.suppress(OSError):  # closed under us: destroy() is all that is left
+                sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, _LINGER_0)
+        elif conn is None or conn.transport is not None or conn.target is None or conn.target.path:
+            what = "it has no connection" if conn is None else "it is not TCP"
+            raise StreamStateError(f"reset_and_destroy() needs a TCP stream: {what}")
+        # else connecting over TCP: nothing was sent yet; destroy() ends the attempt
+        self.destroy()
+        return self
+
     def _set_options(self, **changes: Any) -> None:
         self._options = attrs.evolve(self._options, **changes)
         conn = self._conn
@@ -207,3 +239,4 @@ class StreamControls(StreamProperties):
     setNoDelay = set_no_delay
     setKeepAlive = set_keep_alive
     setSecure = set_secure
+    resetAndDestroy = reset_and_destroy

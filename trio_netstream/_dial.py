@@ -1,8 +1,9 @@
 """Dialing and binding: where to connect or listen, and the sockets for it.
 
 Both sides of the library resolve addresses and make sockets here:
-:func:`open_transport` for a stream's ``connect()`` (TCP or a UNIX path),
-:func:`bind_listener` for a server's ``listen()``. The address policy
+:func:`getaddrinfo_named` and :func:`numeric_candidates` for a stream's
+``connect()`` (whose attempts are ``_attempts``'s), :func:`bind_listener`
+for a server's ``listen()``. The address policy
 (which candidates, in which order) is kept in small pure functions apart
 from the I/O: :func:`numeric_candidates` answers IP literals without a
 checkpoint or a resolver call.
@@ -19,19 +20,19 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 import trio
 
-from ._errors import TransportError, node_code, translate, transport_errors
+from ._errors import node_code
 from ._options import is_path
-from ._socket import SocketTransport, connect
 
 if TYPE_CHECKING:
     from ._options import StreamOptions
 
 __all__ = [
+    "Candidate",
     "Target",
     "bind_listener",
+    "getaddrinfo_named",
     "listener_address",
     "numeric_candidates",
-    "open_transport",
     "set_socket_options",
 ]
 
@@ -71,23 +72,9 @@ def numeric_candidates(host: str, port: int | None) -> list[Candidate] | None:
     return [(family, kind, proto, address) for family, kind, proto, _, address in infos]
 
 
-async def resolve(target: Target) -> list[Candidate]:
-    """Every address to try for *target*, in the resolver's order.
-
-    Raises:
-        TransportError: the name did not resolve (``socket.gaierror``).
-    """
-    if target.path is not None:
-        return [(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM, 0, target.path)]
-    numeric = numeric_candidates(target.host, target.port)
-    if numeric is not None:
-        return numeric
-    with transport_errors():
-        infos = await _getaddrinfo(target.host, target.port)
-    return [(family, kind, proto, addr) for family, kind, proto, _, addr in infos]
-
-
-async def _getaddrinfo(host: str, port: int | None, flags: int = 0) -> list[Any]:
+async def getaddrinfo_named(
+    host: str, port: int | None, *, flags: int = 0, family: int = 0
+) -> list[Any]:
     """``trio.socket.getaddrinfo()`` for a stream socket; a failure names the
     host, as Node's ``getaddrinfo ENOTFOUND nosuch.invalid``.
 
@@ -97,7 +84,7 @@ async def _getaddrinfo(host: str, port: int | None, flags: int = 0) -> list[Any]
     """
     try:
         return await trio.socket.getaddrinfo(
-            host, port, type=_stdlib_socket.SOCK_STREAM, flags=flags
+            host, port, family, _stdlib_socket.SOCK_STREAM, 0, flags
         )
     except _stdlib_socket.gaierror as exc:
         failed: _stdlib_socket.gaierror = exc
@@ -111,35 +98,6 @@ async def _getaddrinfo(host: str, port: int | None, flags: int = 0) -> list[Any]
     named.code = code  # type: ignore[attr-defined]  # OSError instances take attributes
     named.hostname = host  # type: ignore[attr-defined]  # as Node's error.hostname
     raise named from failed
-
-
-async def open_transport(target: Target) -> tuple[SocketTransport, Any]:
-    """A connected transport to *target*, and the address it reached: each
-    candidate in turn, until one connects.
-
-    Raises:
-        TransportError: every candidate failed (the last failure).
-    """
-    last_error: BaseException | None = None
-    for family, kind, proto, address in await resolve(target):
-        try:
-            plain = _stdlib_socket.socket(family, kind, proto)
-        except OSError as exc:  # EMFILE, or a family this host lacks
-            last_error = TransportError(translate(exc))
-            continue
-        plain.setblocking(False)
-        try:
-            await connect(plain, address)
-        except OSError as exc:
-            plain.close()
-            last_error = TransportError(translate(exc))
-            continue
-        except BaseException:
-            plain.close()
-            raise
-        return SocketTransport(plain), address
-    assert last_error is not None
-    raise last_error
 
 
 def _listen_unix(path: str, backlog: int) -> _stdlib_socket.socket:
@@ -181,7 +139,7 @@ async def _passive_candidates(host: str | None, port: int) -> list[tuple[int, An
             candidates.append((_stdlib_socket.AF_INET6, ("::", port)))
         candidates.append((_stdlib_socket.AF_INET, ("0.0.0.0", port)))
         return candidates
-    infos = await _getaddrinfo(host, port, _stdlib_socket.AI_PASSIVE)
+    infos = await getaddrinfo_named(host, port, flags=_stdlib_socket.AI_PASSIVE)
     return [(family, address) for family, _, _, _, address in infos]
 
 

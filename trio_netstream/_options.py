@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket as _socket
 import ssl as _ssl
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "check_option_names",
     "check_port",
     "check_timeout_ms",
+    "ip_version",
     "is_path",
     "stream_options",
 ]
@@ -48,12 +50,12 @@ def check_timeout_ms(value: object) -> float:
     return check_number("timeout", value)
 
 
-def check_port(port: object, *, allow_zero: bool) -> int:
+def check_port(port: object, *, allow_zero: bool, name: str = "port") -> int:
     if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {type(port).__name__}")
+        raise TypeError(f"{name} must be an int, not {type(port).__name__}")
     low = 0 if allow_zero else 1
     if not low <= port <= 65535:
-        raise ValueError(f"port must be in {low}..65535, not {port}")
+        raise ValueError(f"{name} must be in {low}..65535, not {port}")
     return port
 
 
@@ -88,6 +90,52 @@ def _check_hostname(_inst: object, _attr: object, value: str | None) -> None:
         raise TypeError(f"server_hostname must be a str, not {type(value).__name__}")
 
 
+def _check_family(_inst: object, _attr: object, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"family must be an int (0, 4 or 6), not {type(value).__name__}")
+    if value not in (0, 4, 6):
+        raise ValueError(f"family must be 0 (any), 4 or 6, not {value}")
+
+
+def ip_version(address: str) -> int | None:
+    """4 or 6 for an IP address literal, ``None`` for anything else."""
+    for version, family in ((4, _socket.AF_INET), (6, _socket.AF_INET6)):
+        try:
+            _socket.inet_pton(family, address)
+        except (OSError, ValueError):
+            continue
+        return version
+    return None
+
+
+def _check_local_address(inst: Any, _attr: object, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"local_address must be a str, not {type(value).__name__}")
+    version = ip_version(value)
+    if version is None:
+        raise ValueError(f"local_address must be an IP address, not {value!r}")
+    if inst.family not in (0, version):
+        raise ValueError(f"local_address {value!r} is IPv{version}, but family={inst.family}")
+
+
+def _check_local_port(_inst: object, _attr: object, value: Any) -> None:
+    if value is not None:
+        check_port(value, allow_zero=True, name="local_port")
+
+
+def _check_attempt_timeout(_inst: object, _attr: object, value: Any) -> None:
+    ms = check_number("auto_select_family_attempt_timeout", value)
+    if ms < 10:
+        raise ValueError(f"auto_select_family_attempt_timeout must be >= 10 (ms), not {value!r}")
+
+
+def _check_connect_timeout(_inst: object, _attr: object, value: Any) -> None:
+    if value is not None and check_number("connect_timeout", value) == 0:
+        raise ValueError("connect_timeout must be > 0 (ms), or None for no limit")
+
+
 def _check_max(inst: object, attr: object, value: int | None) -> None:
     if value is not None:
         _non_negative_int("max_connections")(inst, attr, value)
@@ -108,6 +156,16 @@ class StreamOptions:
     )
     ssl: object = attrs.field(default=None, validator=_check_ssl)
     server_hostname: str | None = attrs.field(default=None, validator=_check_hostname)
+    timeout: float = attrs.field(default=0, validator=_number("timeout"))
+    # Connecting (clients only):
+    family: int = attrs.field(default=0, validator=_check_family)
+    local_address: str | None = attrs.field(default=None, validator=_check_local_address)
+    local_port: int | None = attrs.field(default=None, validator=_check_local_port)
+    auto_select_family: bool = attrs.field(default=True, validator=_bool("auto_select_family"))
+    auto_select_family_attempt_timeout: float = attrs.field(
+        default=250, validator=_check_attempt_timeout
+    )
+    connect_timeout: float | None = attrs.field(default=None, validator=_check_connect_timeout)
 
 
 @attrs.frozen(kw_only=True)
@@ -122,9 +180,22 @@ class ServerOptions:
             raise ValueError("ssl=True is a client option; a server needs an ssl.SSLContext")
         if self.stream.server_hostname is not None:
             raise ValueError("server_hostname is a client option")
+        for name in CLIENT_ONLY:
+            if getattr(self.stream, name) != _DEFAULTS[name]:
+                raise ValueError(f"{name} is a client option (how a stream connects)")
 
 
 STREAM_OPTION_NAMES = tuple(field.name for field in attrs.fields(StreamOptions))
+#: Options about connecting, which a server's accepted streams do not take.
+CLIENT_ONLY = (
+    "family",
+    "local_address",
+    "local_port",
+    "auto_select_family",
+    "auto_select_family_attempt_timeout",
+    "connect_timeout",
+)
+_DEFAULTS = {field.name: field.default for field in attrs.fields(StreamOptions)}
 SERVER_OPTION_NAMES = (*STREAM_OPTION_NAMES, "max_connections")
 
 #: Node's spelling of the options this library has (an options dict takes
@@ -138,10 +209,14 @@ NODE_OPTION_NAMES = {
     "servername": "server_hostname",
     "maxConnections": "max_connections",
     "reusePort": "reuse_port",
+    "localAddress": "local_address",
+    "localPort": "local_port",
+    "autoSelectFamily": "auto_select_family",
+    "autoSelectFamilyAttemptTimeout": "auto_select_family_attempt_timeout",
 }
 
 # Node options this library has no option for, and what to do instead.
-_INSTEAD = {"timeout": "call set_timeout(ms) on the stream instead"}
+_INSTEAD = {"lookup": "install a resolver with trio.socket.set_custom_hostname_resolver()"}
 
 
 def check_option_names(given: Iterable[str], known: Iterable[str], what: str) -> None:

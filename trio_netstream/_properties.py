@@ -8,11 +8,13 @@ slots; ``_controls`` and ``_stream`` add the calls that change things.
 
 from __future__ import annotations
 
+import os
+import socket as _stdlib_socket
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._connection import local_address
+from ._connection import local_address, plain_socket
 from ._emitter import EventEmitter
 from ._tls import peer_certificate
 
@@ -93,6 +95,25 @@ class StreamProperties(EventEmitter):
     def local_port(self) -> int | None:
         """This side's port (``None`` for UNIX sockets and before connecting)."""
         return None if self._conn is None else local_address(self._conn)[1]
+
+    def address(self) -> tuple[str, int] | str | None:
+        """This side's address as ``server.address()`` gives it: ``(host,
+        port)`` over TCP, the path over a UNIX socket (``""`` for a client's
+        unnamed one); ``None`` when not connected (or not over a socket)."""
+        conn = self._conn
+        if conn is None or conn.transport is None or self._flow.sm.connecting:
+            return None
+        host, port = local_address(conn)
+        if host is not None and port is not None:
+            return (host, port)
+        sock = plain_socket(conn.transport)
+        if sock is None or sock.family != _stdlib_socket.AF_UNIX:
+            return None
+        try:
+            name = sock.getsockname()
+        except OSError:  # closed under us
+            return None
+        return name if isinstance(name, str) else os.fsdecode(name)
 
     @property
     def encoding(self) -> str | None:

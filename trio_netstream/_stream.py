@@ -44,7 +44,7 @@ from ._encoding import encode, normalize
 from ._errors import StreamStateError, translate
 from ._feed import open_feed
 from ._flow import Flow
-from ._options import StreamOptions, check_port, is_path, stream_options
+from ._options import StreamOptions, check_port, ip_version, is_path, stream_options
 from ._socket import SocketTransport
 from ._state import WRITABLE, Input, State
 from ._writer import kick_writer, send_eof_now
@@ -63,7 +63,7 @@ ErrorListener = Callable[[BaseException], object]
 CloseListener = Callable[[bool], object]
 
 
-def _target(port: object, host: object) -> Target:
+def _target(port: object, host: object, options: StreamOptions) -> Target:
     if is_path(port):
         target = Target(path=os.fspath(cast("str | os.PathLike[str]", port)))  # is_path checked it
         if not target.path:
@@ -71,7 +71,14 @@ def _target(port: object, host: object) -> Target:
         return target
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")
-    return Target(port=check_port(port, allow_zero=False), host=host or DEFAULT_HOST)
+    target = Target(port=check_port(port, allow_zero=False), host=host or DEFAULT_HOST)
+    version = ip_version(target.host)
+    if version is not None and options.family not in (0, version):
+        raise ValueError(f"host {target.host!r} is IPv{version}, but family={options.family}")
+    local = options.local_address
+    if version is not None and local is not None and ip_version(local) != version:
+        raise ValueError(f"host {target.host!r} is IPv{version}, but local_address is {local!r}")
+    return target
 
 
 def _not_running(call: str) -> StreamStateError:
@@ -169,6 +176,8 @@ class Stream(StreamControls):
         else:
             raise TypeError("Stream() takes its options as keyword arguments only")
         self._flow = Flow(self._options.high_water_mark)
+        if self._options.timeout:  # Node's option: set_timeout() before connecting
+            self._flow.idle_period = self._options.timeout / 1000
         self._conn: Connection | None = None
         # A client stream's owner is made when first needed.
         self._owner: Owner | None = None if _accepted is None else _accepted.owner
@@ -296,7 +305,7 @@ class Stream(StreamControls):
         if isinstance(self._owner, _BlockOwner) and self._owner.block.shutting_down:
             raise StreamStateError("connect() is not allowed: the stream's block is exiting")
         address = connect_arguments(port, host, listener)
-        target = _target(address.port, address.host)
+        target = _target(address.port, address.host, self._options)
         self._flow.sm.apply(Input.CONNECT, "connect()")
         if address.listener is not None:
             self.once("connect", address.listener)
