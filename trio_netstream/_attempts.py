@@ -38,7 +38,31 @@ __all__ = ["dial", "order"]
 
 Emit = Callable[..., Awaitable[None]]
 
+#: What resolvers say when a name has no address (of the family asked for).
+_NO_SUCH_ADDRESS = {
+    getattr(_stdlib_socket, name)
+    for name in ("EAI_NONAME", "EAI_ADDRFAMILY", "EAI_NODATA")
+    if hasattr(_stdlib_socket, name)
+}
 _FAMILIES = {0: _stdlib_socket.AF_UNSPEC, 4: _stdlib_socket.AF_INET, 6: _stdlib_socket.AF_INET6}
+
+
+def _not_found(host: str, why: str, cause: BaseException | None) -> OSError:
+    """Node's ``ENOTFOUND`` for *host*, saying *why*."""
+    failed = _stdlib_socket.gaierror(
+        _stdlib_socket.EAI_NONAME, f"getaddrinfo ENOTFOUND {host} ({why})"
+    )
+    failed.code = "ENOTFOUND"  # type: ignore[attr-defined]  # OSError instances take attributes
+    failed.hostname = host  # type: ignore[attr-defined]  # as Node's error.hostname
+    failed.__cause__ = cause
+    return failed
+
+
+async def _say(emit: Emit, event: str, *args: object) -> None:
+    """Emit *event*; a listener that destroyed the stream stops the dialing
+    here (the connection's step is cancelled), before anything more."""
+    await emit(event, *args)
+    await trio.lowlevel.checkpoint_if_cancelled()
 
 
 def _version(family: int) -> int:
@@ -96,6 +120,7 @@ class Attempt:
 
 async def _connect(attempt: Attempt, options: StreamOptions) -> None:
     """Make, bind and connect the attempt's socket; a failure is its error."""
+    await trio.lowlevel.checkpoint_if_cancelled()  # a racing task cancelled before it ran
     try:
         sock = attempt.sock = _stdlib_socket.socket(attempt.family, _stdlib_socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -105,6 +130,9 @@ async def _connect(attempt: Attempt, options: StreamOptions) -> None:
     except (OSError, trio.ClosedResourceError) as exc:
         attempt.error = translate(exc)
         attempt.close()
+    except BaseException:  # cancelled: the dialing task may be gone already
+        attempt.close()
+        raise
     attempt.done = True
 
 
@@ -126,24 +154,25 @@ async def _lookup(target: Target, options: StreamOptions, emit: Emit) -> list[Ca
     try:
         infos = await getaddrinfo_named(target.host, target.port, family=_FAMILIES[options.family])
     except OSError as exc:
-        await emit("lookup", exc, None, None, target.host)
-        raise TransportError(exc) from None
+        failed: OSError = exc
+        if options.family and exc.errno in _NO_SUCH_ADDRESS:
+            failed = _not_found(
+                target.host, f"no IPv{options.family} address (family={options.family})", exc
+            )
+        await _say(emit, "lookup", failed, None, None, target.host)
+        raise TransportError(failed) from None
     candidates = [(family, kind, proto, address) for family, kind, proto, _, address in infos]
     local = options.local_address
     if local is not None:  # only the local address's family can connect from it
         wanted = _stdlib_socket.AF_INET6 if ":" in local else _stdlib_socket.AF_INET
         candidates = [c for c in candidates if c[0] == wanted]
     if not candidates:
-        failed = _stdlib_socket.gaierror(
-            _stdlib_socket.EAI_NONAME,
-            f"getaddrinfo ENOTFOUND {target.host} (no address of the family of"
-            f" local_address {local})",
-        )
-        failed.code = "ENOTFOUND"  # type: ignore[attr-defined]  # OSError instances take attributes
-        await emit("lookup", failed, None, None, target.host)
+        why = "no address" if local is None else f"no address of local_address {local}'s family"
+        failed = _not_found(target.host, why, None)
+        await _say(emit, "lookup", failed, None, None, target.host)
         raise TransportError(failed)
     family, _, _, address = candidates[0]
-    await emit("lookup", None, address[0], _version(family), target.host)
+    await _say(emit, "lookup", None, address[0], _version(family), target.host)
     return candidates
 
 
@@ -226,12 +255,12 @@ async def _one_at_a_time(
         attempts.append(attempt)
         tcp = family != _stdlib_socket.AF_UNIX
         if tcp:
-            await emit("connectionAttempt", *attempt.event_args())
+            await _say(emit, "connectionAttempt", *attempt.event_args())
         await _connect(attempt, options)
         if attempt.error is None:
             return _won(attempt)
         if tcp:
-            await emit("connectionAttemptFailed", *attempt.event_args(), attempt.error)
+            await _say(emit, "connectionAttemptFailed", *attempt.event_args(), attempt.error)
     raise _all_failed(attempts, attempts[-1])
 
 
@@ -259,7 +288,7 @@ async def _race(
         family, _, _, address = pending.pop()
         attempt = Attempt(family, address)
         attempts.append(attempt)
-        await emit("connectionAttempt", *attempt.event_args())
+        await _say(emit, "connectionAttempt", *attempt.event_args())
         nursery.start_soon(run, attempt)
         return trio.current_time() + delay
 
@@ -271,14 +300,14 @@ async def _race(
             if attempt.error is None:
                 return _won(attempt)
             last_failed = attempt
-            await emit("connectionAttemptFailed", *attempt.event_args(), attempt.error)
+            await _say(emit, "connectionAttemptFailed", *attempt.event_args(), attempt.error)
             if attempt is attempts[-1] and pending:
                 next_start = await start()  # the latest failed: the next at once
         if not pending and all(a.done for a in attempts):
             assert last_failed is not None
             raise _all_failed(attempts, last_failed)
         if pending and trio.current_time() >= next_start:
-            await emit("connectionAttemptTimeout", *attempts[-1].event_args())
+            await _say(emit, "connectionAttemptTimeout", *attempts[-1].event_args())
             next_start = await start()
             continue
         with trio.move_on_at(next_start if pending else math.inf):

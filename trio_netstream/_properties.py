@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._connection import local_address, plain_socket
-from ._emitter import EventEmitter
 from ._tls import peer_certificate
+from ._typed import TypedEvents
 
 if TYPE_CHECKING:
     from ._connection import Connection, Owner, Upgrade
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["StreamProperties"]
 
 
-class StreamProperties(EventEmitter):
+class StreamProperties(TypedEvents):
     """The read-only side of a stream (see :class:`~trio_netstream.Stream`)."""
 
     __slots__ = (

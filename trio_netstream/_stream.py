@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import attrs
 import trio
@@ -56,11 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Accepted", "Stream"]
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-DataListener = Callable[[bytes], object] | Callable[[str], object]
 NoArgListener = Callable[[], object]
-ErrorListener = Callable[[BaseException], object]
-CloseListener = Callable[[bool], object]
 
 
 def _target(port: object, host: object, options: StreamOptions) -> Target:
@@ -486,42 +482,6 @@ class Stream(StreamControls):
             conn.wake_reader()
         elif event == "drain" and self._flow.need_drain:
             kick_writer(conn)  # Node's idiom: once('drain') after a False write()
-
-    # -- typed registration ----------------------------------------------------
-
-    if TYPE_CHECKING:
-
-        @overload  # type: ignore[override]  # narrower, typed per event
-        def on(self, event: Literal["data"], listener: DataListener) -> Self: ...
-        @overload
-        def on(
-            self,
-            event: Literal["connect", "end", "drain", "timeout", "secure"],
-            listener: NoArgListener,
-        ) -> Self: ...
-        @overload
-        def on(self, event: Literal["error"], listener: ErrorListener) -> Self: ...
-        @overload
-        def on(self, event: Literal["close"], listener: CloseListener) -> Self: ...
-        @overload
-        def on(self, event: str) -> Callable[[_F], _F]: ...
-        def on(self, event: str, listener: Any = None) -> Any: ...  # pyright: ignore[reportIncompatibleMethodOverride]  # narrower, typed per event
-
-        @overload  # type: ignore[override]  # narrower, typed per event
-        def once(self, event: Literal["data"], listener: DataListener) -> Self: ...
-        @overload
-        def once(
-            self,
-            event: Literal["connect", "end", "drain", "timeout", "secure"],
-            listener: NoArgListener,
-        ) -> Self: ...
-        @overload
-        def once(self, event: Literal["error"], listener: ErrorListener) -> Self: ...
-        @overload
-        def once(self, event: Literal["close"], listener: CloseListener) -> Self: ...
-        @overload
-        def once(self, event: str) -> Callable[[_F], _F]: ...
-        def once(self, event: str, listener: Any = None) -> Any: ...  # pyright: ignore[reportIncompatibleMethodOverride]  # narrower, typed per event
 
     # -- Node names --------------------------------------------------------------
 
