@@ -95,7 +95,7 @@ class Attempt:
         self.family = family
         self.address = address
         self.sock: _stdlib_socket.socket | None = None
-        self.scope = trio.CancelScope()
+        self.scope: trio.CancelScope | None = None  # a racing attempt's task's
         self.done = False
         self.error: BaseException | None = None
 
@@ -195,7 +195,8 @@ async def dial(
             return await _attempts(target, options, emit, nursery, attempts)
     finally:
         for attempt in attempts:  # the losers, or every one when cancelled
-            attempt.scope.cancel()
+            if attempt.scope is not None:
+                attempt.scope.cancel()
             attempt.close()
     raise _timed_out(target, timeout, attempts)
 
@@ -277,8 +278,8 @@ async def _race(
     finished: list[Attempt] = []
     lot = trio.lowlevel.ParkingLot()
 
-    async def run(attempt: Attempt) -> None:
-        with attempt.scope:
+    async def run(attempt: Attempt, scope: trio.CancelScope) -> None:
+        with scope:
             await _connect(attempt, options)
         if attempt.done:
             finished.append(attempt)
@@ -289,7 +290,8 @@ async def _race(
         attempt = Attempt(family, address)
         attempts.append(attempt)
         await _say(emit, "connectionAttempt", *attempt.event_args())
-        nursery.start_soon(run, attempt)
+        attempt.scope = trio.CancelScope()
+        nursery.start_soon(run, attempt, attempt.scope)
         return trio.current_time() + delay
 
     next_start = await start()
