@@ -658,6 +658,8 @@ async def test_a_rejected_option_changes_nothing() -> None:
     "option",
     [
         {"family": 4},
+        {"family": 0},  # even at its default: a server does not connect
+        {"auto_select_family": True},
         {"local_address": "127.0.0.1"},
         {"local_port": 1234},
         {"auto_select_family": False},
@@ -668,3 +670,33 @@ async def test_a_rejected_option_changes_nothing() -> None:
 def test_a_server_refuses_the_client_only_options(option: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="is a client option"):
         net.create_server(**option)
+
+
+def test_a_unix_path_with_a_local_address_or_port_raises_at_the_call(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a UNIX socket path"):
+        net.create_connection(str(tmp_path / "sock"), local_address="127.0.0.1")
+    with pytest.raises(ValueError, match="not a UNIX socket path"):
+        net.create_connection(str(tmp_path / "sock"), local_port=1234)
+
+
+async def test_destroyed_before_connecting_emits_no_attempt() -> None:
+    async with listener() as (port, _):
+        for stop in ("destroy", "reset_and_destroy"):
+            stream = net.create_connection(port)
+            events = record(stream)
+            with trio.fail_after(LIMIT):
+                async with stream:
+                    getattr(stream, stop)()
+            assert events == [("close", False)], stop
+
+
+async def test_reset_and_destroy_after_close_does_nothing() -> None:
+    async with listener() as (port, _):
+        stream = net.create_connection(port)
+        events = record(stream)
+        stream.on("connect", stream.destroy)
+        with trio.fail_after(LIMIT):
+            async with stream:
+                pass
+        stream.reset_and_destroy()
+    assert [e[0] for e in events] == ["connectionAttempt", "connect", "close"]

@@ -186,6 +186,7 @@ async def dial(
             failure, with ``.attempts``), or ``connect_timeout`` ran out
             (``TimeoutError``, ``ETIMEDOUT``).
     """
+    await trio.lowlevel.checkpoint_if_cancelled()  # destroyed before its task ran: no event
     attempts: list[Attempt] = []
     timeout = options.connect_timeout
     try:

@@ -22,6 +22,7 @@ from ._connection import Connection, Upgrade, apply_socket_options, plain_socket
 from ._errors import StreamStateError
 from ._options import check_number, check_timeout_ms
 from ._properties import StreamProperties
+from ._state import Input
 from ._timer import replan
 from ._tls import default_client_context
 from ._writer import kick_writer
@@ -214,6 +215,8 @@ class StreamControls(StreamProperties):
                 stream that is no socket, or no connection yet).
         """
         conn = self._conn
+        if conn is not None and not self._flow.sm.can(Input.DESTROY):
+            return self  # closed (or closing) already: as destroy(), nothing to do
         sock = None if conn is None else plain_socket(conn.transport)
         if sock is not None and sock.family in _INET:
             with contextlib.suppress(OSError):  # closed under us: destroy() is all that is left

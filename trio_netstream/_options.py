@@ -22,6 +22,7 @@ __all__ = [
     "check_timeout_ms",
     "ip_version",
     "is_path",
+    "server_options",
     "stream_options",
 ]
 
@@ -180,9 +181,6 @@ class ServerOptions:
             raise ValueError("ssl=True is a client option; a server needs an ssl.SSLContext")
         if self.stream.server_hostname is not None:
             raise ValueError("server_hostname is a client option")
-        for name in CLIENT_ONLY:
-            if getattr(self.stream, name) != _DEFAULTS[name]:
-                raise ValueError(f"{name} is a client option (how a stream connects)")
 
 
 STREAM_OPTION_NAMES = tuple(field.name for field in attrs.fields(StreamOptions))
@@ -195,8 +193,11 @@ CLIENT_ONLY = (
     "auto_select_family_attempt_timeout",
     "connect_timeout",
 )
-_DEFAULTS = {field.name: field.default for field in attrs.fields(StreamOptions)}
-SERVER_OPTION_NAMES = (*STREAM_OPTION_NAMES, "max_connections")
+
+SERVER_OPTION_NAMES = (
+    *(name for name in STREAM_OPTION_NAMES if name not in CLIENT_ONLY),
+    "max_connections",
+)
 
 #: Node's spelling of the options this library has (an options dict takes
 #: either spelling; keyword arguments take the Python one).
@@ -237,6 +238,15 @@ def check_option_names(given: Iterable[str], known: Iterable[str], what: str) ->
         else:
             message += f" (the {what} options are: {', '.join(sorted(allowed))})"
         raise TypeError(message)
+
+
+def server_options(options: Mapping[str, Any], max_connections: int | None) -> ServerOptions:
+    """A server's options; a connecting option (a client's) is a ``ValueError``."""
+    for name in CLIENT_ONLY:
+        if name in options:
+            raise ValueError(f"{name} is a client option (how a stream connects)")
+    check_option_names(options, SERVER_OPTION_NAMES, "server")
+    return ServerOptions(stream=StreamOptions(**options), max_connections=max_connections)
 
 
 def stream_options(options: Mapping[str, Any]) -> StreamOptions:

@@ -35,14 +35,7 @@ from ._dial import bind_listener, listener_address
 from ._emitter import EventEmitter
 from ._errors import StreamStateError, TransportError, translate, transport_errors
 from ._handlers import serve_with_handlers, start_handlers
-from ._options import (
-    SERVER_OPTION_NAMES,
-    ServerOptions,
-    StreamOptions,
-    check_option_names,
-    check_port,
-    is_path,
-)
+from ._options import check_port, is_path, server_options
 from ._socket import SocketTransport
 from ._stream import Accepted, Stream
 
@@ -182,10 +175,7 @@ class Server(_ServerEvents):
         **options: Any,
     ) -> None:
         super().__init__()
-        check_option_names(options, SERVER_OPTION_NAMES, "server")
-        self._options = ServerOptions(
-            stream=StreamOptions(**options), max_connections=max_connections
-        )
+        self._options = server_options(options, max_connections)
         if connection_listener is not None:
             self.on("connection", connection_listener)
         self._block = Block()

@@ -64,6 +64,8 @@ def _target(port: object, host: object, options: StreamOptions) -> Target:
         target = Target(path=os.fspath(cast("str | os.PathLike[str]", port)))  # is_path checked it
         if not target.path:
             raise ValueError("the UNIX socket path is empty")
+        if options.local_address is not None or options.local_port is not None:
+            raise ValueError("local_address and local_port are for TCP, not a UNIX socket path")
         return target
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")
@@ -156,6 +158,15 @@ class Stream(StreamControls):
         ssl: an ``ssl.SSLContext`` (or ``True`` for a default client context):
             TLS from the first byte, ``'secure'`` after ``'connect'``.
         server_hostname: the name to verify and send as SNI with ``ssl``.
+        timeout: as :meth:`set_timeout` before connecting (milliseconds).
+        family: ``0`` any, ``4`` IPv4 only, ``6`` IPv6 only (for a host name).
+        local_address, local_port: bind to these before connecting.
+        auto_select_family: Happy Eyeballs (RFC 8305) for a name with several
+            addresses (default ``True``); ``False`` tries them one at a time.
+        auto_select_family_attempt_timeout: milliseconds before the next
+            attempt starts (default 250, at least 10).
+        connect_timeout: milliseconds to connect in (lookup and every
+            attempt), else ``'error'`` (``TimeoutError``, ``ETIMEDOUT``).
 
     Raises:
         TypeError, ValueError: an option has the wrong type or value.
