@@ -2,11 +2,14 @@
 
 Stdin is read in a worker thread, so it may be a terminal, a pipe or a file;
 with ``--starttls`` it is read only once TLS is up (:class:`StartTLS` runs
-the dialogue before that).
+the dialogue before that). ``--family``, ``--local-address``,
+``--local-port`` and ``--connect-timeout`` are the library's client options
+of the same names (``connect_timeout`` in milliseconds).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import ssl
 import sys
@@ -31,6 +34,10 @@ async def connect_client(
     encoding: str | None = None,
     context: ssl.SSLContext | None = None,
     verbose: bool = False,
+    family: int = 0,
+    local_address: str | None = None,
+    local_port: int | None = None,
+    connect_timeout: float | None = None,
 ) -> int:
     """The ``connect`` command: relay stdin to the stream and the stream to stdout.
 
@@ -39,9 +46,17 @@ async def connect_client(
     The stream does not stay half-open (``allow_half_open=False``): when the
     server ends, the client ends too. With *starttls*, TLS must be up within
     *starttls_timeout* seconds of the start (connection, dialogue and
-    handshake), else the command fails.
+    handshake), else the command fails. *family*, *local_address*,
+    *local_port* and *connect_timeout* (milliseconds) are the stream's
+    options of those names.
     """
-    options: dict[str, Any] = {"allow_half_open": False}
+    options: dict[str, Any] = {
+        "allow_half_open": False,
+        "family": family,
+        "local_address": local_address,
+        "local_port": local_port,
+        "connect_timeout": connect_timeout,
+    }
     if tls:
         options["ssl"] = context if context is not None else True
     stream = Stream(**options)
@@ -54,6 +69,7 @@ async def connect_client(
         stream.connect(port, host)
     decoder = None if encoding is None else get_decoder(encoding)
     relay = _Relay(stream, target, context, decoder, verbose=verbose)
+    relay.local = _local_end(local_address, local_port)
     if starttls:
         relay.negotiation = StartTLS(
             stream, context or ssl.create_default_context(), host, relay.note
@@ -63,6 +79,13 @@ async def connect_client(
         relay.starting.set()
     relay.listen()
     return await relay.run()
+
+
+def _local_end(address: str | None, port: int | None) -> str | None:
+    """The local end asked for, as error lines name it (``None``: any)."""
+    if port is None:
+        return address
+    return f"port {port}" if address is None else host_port(address, port)
 
 
 class _Relay:
@@ -87,6 +110,7 @@ class _Relay:
         self.starting = trio.Event()
         self.negotiation: StartTLS | None = None
         self.negotiation_timeout = DEFAULT_TIMEOUT
+        self.local: str | None = None  # --local-address/--local-port, for error lines
 
     def note(self, text: str) -> None:
         if self.verbose:
@@ -129,12 +153,23 @@ class _Relay:
             if decoder is not None:
                 self.emit(decoder.flush())  # what the decoder still holds (a base64 tail...)
 
-        stream.on("connect", lambda: note(f"connected to {self.target}"))
+        stream.on("connect", lambda: note(f"connected to {self.reached()}"))
         stream.on("secure", on_secure)
         stream.on("data", on_data)
         stream.on("end", on_end)
         stream.on("error", self.errors.append)
         stream.on("close", lambda had_error: note(f"closed (had_error={had_error})"))
+
+    def reached(self) -> str:
+        """The target, with the address reached when HOST was a name, and the
+        local end when one was asked for."""
+        stream, where = self.stream, self.target
+        remote, port = stream.remote_address, stream.remote_port
+        if remote is not None and port is not None and host_port(remote, port) != where:
+            where += f" ({host_port(remote, port)})"
+        if self.local is not None and stream.local_address is not None:
+            where += f" from {host_port(stream.local_address, stream.local_port or 0)}"
+        return where
 
     async def pump(self) -> None:
         """Stdin to the stream, from when it may be written until stdin ends."""
@@ -161,9 +196,16 @@ class _Relay:
                     )
             nursery.cancel_scope.cancel()
         if self.errors:
-            message, code = describe(self.errors[0], self.target)
+            error, target = self.errors[0], self.target
+            if self.local is not None and getattr(error, "errno", None) in _LOCAL_ERRNOS:
+                target = f"from {self.local} to {target}"  # the local end is the culprit
+            message, code = describe(error, target)
             raise Failure(message, code)
         return EXIT_OK
+
+
+#: Errors about the local end (--local-address, --local-port): in use, not ours.
+_LOCAL_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 
 
 async def _read_stdin() -> bytes:

@@ -9,6 +9,7 @@ the rest of the output instead of failing the command.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import sys
@@ -95,10 +96,7 @@ def describe(exc: BaseException, target: str) -> tuple[str, int]:
         reason = exc.reason or str(exc)
         return f"TLS handshake failed: {target}: {reason}{suffix}", EXIT_TLS
     if isinstance(exc, socket.gaierror):
-        # The library's message repeats the host ("getaddrinfo ENOTFOUND
-        # host (reason)"); the resolver's own is chained as the cause.
-        original = exc.__cause__ if isinstance(exc.__cause__, socket.gaierror) else exc
-        return f"cannot resolve {target}: {original.strerror}{suffix}", EXIT_NETWORK
+        return f"cannot resolve {target}: {_resolver_reason(exc)}{suffix}", EXIT_NETWORK
     if isinstance(exc, OSError):
         # os.strerror: Trio's connect errors say "error connecting to (...): ..."
         what = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
@@ -106,6 +104,19 @@ def describe(exc: BaseException, target: str) -> tuple[str, int]:
     if isinstance(exc, ProtocolError):
         return f"{exc}: {target}", EXIT_NETWORK
     return f"{type(exc).__name__}: {exc}: {target}", EXIT_NETWORK
+
+
+#: The library's lookup failures, as Node's: ``getaddrinfo ENOTFOUND host (reason)``.
+_LOOKUP_MESSAGE = re.compile(r"getaddrinfo [A-Z_]+ .+? \((.*)\)", re.DOTALL)
+
+
+def _resolver_reason(exc: socket.gaierror) -> str:
+    """Why a lookup failed, without the host and code the line names already:
+    the library's reason ("Name or service not known", "no IPv6 address
+    (family=6)"...), whether or not another lookup error is chained to it."""
+    text = exc.strerror or str(exc)
+    match = _LOOKUP_MESSAGE.fullmatch(text)
+    return text if match is None else match[1]
 
 
 @contextmanager

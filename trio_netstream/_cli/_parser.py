@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Callable, Sequence
 
 from .._encoding import normalize
+from .._options import ip_version
 from ._output import PROG
 from ._starttls import DEFAULT_TIMEOUT
 
@@ -50,7 +51,15 @@ ends, the client ends too.
            seconds (default 10) aborts with exit code 1.
 
 Certificates are verified against the system's CAs, or --ca-file; the
-server's name must match (not for --unix)."""
+server's name must match (not for --unix).
+
+Connecting, as Node's net.connect(): a HOST name's addresses are tried in
+turn, IPv6 and IPv4 interleaved (Happy Eyeballs, RFC 8305), the first to
+connect wins; --family 4 or 6 tries only that IP version. --local-address
+and --local-port choose the client's own end (default: the system's
+choice). --connect-timeout MS gives up when no attempt has connected within
+MS milliseconds (ETIMEDOUT, exit code 1); by default the system's own
+timeout applies."""
 
 
 def _port(allow_zero: bool) -> Callable[[str], int]:
@@ -85,6 +94,22 @@ def _seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
     return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {text!r}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of milliseconds, not {text}")
+    return value
+
+
+def _ip_address(text: str) -> str:
+    if ip_version(text) is None:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}")
+    return text
 
 
 def _encoding(text: str) -> str:
@@ -197,7 +222,36 @@ def _connect_options(connect: argparse.ArgumentParser) -> None:
         help="decode received data for output (utf8, latin1, hex, base64...); "
         "default: raw bytes. stdin is always sent as raw bytes",
     )
+    _connecting_options(connect)
     connect.add_argument("-v", "--verbose", action="store_true", help="report progress on stderr")
+
+
+def _connecting_options(connect: argparse.ArgumentParser) -> None:
+    connect.add_argument(
+        "--family",
+        type=int,
+        choices=(0, 4, 6),
+        default=0,
+        help="IP version of the addresses to try: 4, 6, or 0 for both (default: 0)",
+    )
+    connect.add_argument(
+        "--local-address",
+        type=_ip_address,
+        metavar="ADDR",
+        help="connect from the local IP address ADDR (default: the system's choice)",
+    )
+    connect.add_argument(
+        "--local-port",
+        type=_port(True),
+        metavar="PORT",
+        help="connect from the local port PORT (default: any free port)",
+    )
+    connect.add_argument(
+        "--connect-timeout",
+        type=_milliseconds,
+        metavar="MS",
+        help="give up unless connected within MS milliseconds (default: no limit)",
+    )
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -233,3 +287,22 @@ def check(args: argparse.Namespace) -> None:
             parser.error("--ca-file and --insecure need --tls or --starttls")
         if args.starttls_timeout is not None and not args.starttls:
             parser.error("--starttls-timeout needs --starttls")
+        _check_connecting(parser, args)
+
+
+def _check_connecting(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """HOST, --family and --local-address must agree on the IP version (the
+    library would refuse them with a ValueError when connecting)."""
+    if args.unix is not None:
+        if args.family or args.local_address is not None or args.local_port is not None:
+            parser.error("--family, --local-address and --local-port need HOST PORT, not --unix")
+        return
+    family, host, local = args.family, args.host, args.local_address
+    host_version = ip_version(host)
+    local_version = None if local is None else ip_version(local)
+    if host_version is not None and family not in (0, host_version):
+        parser.error(f"HOST {host} is IPv{host_version}, but --family is {family}")
+    if local_version is not None and family not in (0, local_version):
+        parser.error(f"--local-address {local} is IPv{local_version}, but --family is {family}")
+    if host_version is not None and local_version not in (None, host_version):
+        parser.error(f"--local-address {local} is IPv{local_version}, but HOST {host} is not")
