@@ -9,7 +9,9 @@ Commands:
   line per connection event;
   ``--workers N`` runs N processes sharing one port (``SO_REUSEPORT``).
 * ``connect``: a netcat-like client: stdin to the socket, received data to
-  stdout; ``--tls`` or SMTP-style ``--starttls``.
+  stdout; ``--tls`` or SMTP-style ``--starttls``; ``--family``,
+  ``--local-address``, ``--local-port`` and ``--connect-timeout`` say how
+  it connects.
 
 Exit codes (the same for every command): 0 success (and SIGTERM), 1 network
 or protocol error, 2 usage error, 3 TLS or certificate error, 130 SIGINT.

@@ -93,6 +93,10 @@ def _run_connect(args: argparse.Namespace) -> int:
             encoding=args.encoding,
             context=context,
             verbose=args.verbose,
+            family=args.family,
+            local_address=args.local_address,
+            local_port=args.local_port,
+            connect_timeout=args.connect_timeout,
         ),
     )
 
