@@ -48,7 +48,7 @@ from ._reader import deliver, end_of_input, read_session, secure, settle
 from ._socket import SocketTransport
 from ._state import Input
 from ._timer import start_timer
-from ._writer import kick_writer, wait_writer_finished
+from ._writer import kick_writer, let_a_failing_send_report, wait_writer_finished
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -88,6 +88,14 @@ class Owner(Protocol):
     def connection_done(self, stream: object) -> None:
         """The connection's lifecycle has ended (after ``'close'``)."""
 
+    async def secured(self, stream: object) -> None:
+        """A TLS server's stream finished its handshake (after its ``'secure'``)."""
+
+    async def tls_failed(self, stream: object, exc: BaseException) -> bool:
+        """A TLS server's stream failed before its handshake completed;
+        whether that failure is handled (``'tlsClientError'`` listened to)."""
+        ...
+
 
 class Host(Protocol):
     """What a connection needs of its stream besides the flow: its
@@ -112,6 +120,10 @@ class Upgrade:
     done: trio.Event = attrs.Factory(trio.Event)
     tls: TLSTransport | None = None  # once the handshake completed
     verification: Verification | None = None
+    alpn_protocols: tuple[str, ...] | None = None
+    handshake_timeout: float = 120_000  # ms; 0: none
+    session: ssl.SSLSession | None = None  # to resume (client)
+    first_byte: bool = False  # the ssl option, not set_secure()
 
 
 def _descends_from(task: trio.lowlevel.Task | None, ancestor: trio.lowlevel.Task | None) -> bool:
@@ -252,6 +264,7 @@ class Connection:
                         eof, held = await read_session(self, scope)
                     if scope.cancel_called:
                         continue  # woken (or stopped): the rest in a fresh step
+                    await let_a_failing_send_report(self)
                     reader_owes_failure(self)
                     if not self.read_stopped:  # no FIN came from the peer: no 'end'
                         await end_of_input(self)
@@ -322,10 +335,12 @@ class Connection:
         try:
             if error is not None:
                 feed = self.flow.feed
-                handled_by_iterator = feed is not None and feed.finish(error)
+                handled = feed is not None and feed.finish(error)
+                if _handshaking_for_a_server(self):
+                    handled = await self.owner.tls_failed(self.host, error) or handled
                 if self.listens("error"):
                     await self.emit_final("error", error)
-                elif not handled_by_iterator:
+                elif not handled:
                     unhandled = True
             elif self.flow.feed is not None:
                 self.flow.feed.finish(None)
@@ -529,6 +544,13 @@ class Connection:
             and (upgrade or self.flow.kept)
         ):
             self.step_scope.cancel()
+
+
+def _handshaking_for_a_server(conn: Connection) -> bool:
+    """A TLS server's stream (``ssl=`` on the server) whose handshake did not
+    complete: its failure is the server's ``'tlsClientError'``."""
+    upgrade = conn.upgrade
+    return conn.accepted and upgrade is not None and upgrade.first_byte and upgrade.tls is None
 
 
 def send_failed(conn: Connection, error: BaseException, *, in_write: bool = False) -> None:

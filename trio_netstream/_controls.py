@@ -20,15 +20,17 @@ import attrs
 
 from ._connection import Connection, Upgrade, apply_socket_options, plain_socket
 from ._errors import StreamStateError
-from ._options import check_number, check_timeout_ms
+from ._options import alpn_list, check_number, check_timeout_ms, check_tls_options
 from ._properties import StreamProperties
 from ._state import Input
 from ._timer import replan
-from ._tls import default_client_context
+from ._tls import check_session, default_client_context
 from ._writer import kick_writer
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from ._options import StreamOptions
 
 __all__ = ["StreamControls"]
 
@@ -38,19 +40,45 @@ _LINGER_0 = struct.pack("ii", 1, 0)  # on, 0 s: close() sends RST
 NoArgListener = Callable[[], object]
 
 
-def _check_tls_arguments(
-    context: object, server_side: object, server_hostname: object, reject_unauthorized: object
-) -> None:
+def _check_tls_arguments(context: object, server_side: object, server_hostname: object) -> None:
     if context is not None and not isinstance(context, ssl.SSLContext):
         raise TypeError(f"context must be an ssl.SSLContext, not {type(context).__name__}")
     if server_side is not None and not isinstance(server_side, bool):
         raise TypeError(f"server_side must be a bool, not {type(server_side).__name__}")
     if server_hostname is not None and not isinstance(server_hostname, str):
         raise TypeError(f"server_hostname must be a str, not {type(server_hostname).__name__}")
-    if not isinstance(reject_unauthorized, bool):
-        raise TypeError(
-            f"reject_unauthorized must be a bool, not {type(reject_unauthorized).__name__}"
-        )
+
+
+def _stream_defaults(
+    options: StreamOptions,
+    reject_unauthorized: bool | None,
+    alpn_protocols: object,
+    handshake_timeout: float | None,
+    session: ssl.SSLSession | None,
+) -> tuple[bool, tuple[str, ...] | None, float, ssl.SSLSession | None]:
+    """``set_secure()``'s TLS options, checked: the stream's where not given."""
+    if reject_unauthorized is None:
+        reject_unauthorized = options.reject_unauthorized
+    alpn = options.alpn_protocols if alpn_protocols is None else alpn_list(alpn_protocols)
+    if handshake_timeout is None:
+        handshake_timeout = options.handshake_timeout
+    if session is None:
+        session = options.session
+    check_tls_options(reject_unauthorized, handshake_timeout, session)
+    return reject_unauthorized, alpn, handshake_timeout, session
+
+
+def _side_context(
+    context: ssl.SSLContext | None, server_side: bool, session: ssl.SSLSession | None
+) -> ssl.SSLContext:
+    """The context ``set_secure()`` uses on *server_side*, checked with *session*."""
+    if server_side and context is None:
+        raise ValueError("a server-side set_secure() needs an ssl.SSLContext with a certificate")
+    if server_side and session is not None:
+        raise ValueError("session is a client option (a session to resume)")
+    context = context or default_client_context()
+    check_session(context, session)
+    return context
 
 
 class StreamControls(StreamProperties):
@@ -74,10 +102,20 @@ class StreamControls(StreamProperties):
             context = default_client_context()
         else:
             context = cast(ssl.SSLContext, option)  # StreamOptions checked the type
-        hostname = self._options.server_hostname
+        options = self._options
+        hostname = options.server_hostname
         if hostname is None and not self._server_side and conn.target is not None:
             hostname = conn.target.hostname
-        conn.upgrade = Upgrade(context, self._server_side, hostname, True)
+        conn.upgrade = Upgrade(
+            context,
+            self._server_side,
+            hostname,
+            options.reject_unauthorized,
+            alpn_protocols=options.alpn_protocols,
+            handshake_timeout=options.handshake_timeout,
+            session=options.session,
+            first_byte=True,
+        )
         conn.direct = None
 
     # -- TLS -------------------------------------------------------------------
@@ -88,38 +126,39 @@ class StreamControls(StreamProperties):
         *,
         server_side: bool | None = None,
         server_hostname: str | None = None,
-        reject_unauthorized: bool = True,
+        reject_unauthorized: bool | None = None,
+        alpn_protocols: list[str] | tuple[str, ...] | None = None,
+        handshake_timeout: float | None = None,
+        session: ssl.SSLSession | None = None,
     ) -> None:
         """Upgrade this live stream to TLS (STARTTLS); ``'secure'`` follows.
 
         Bytes written before the call go out in plaintext first, then the
-        handshake; bytes written after it are encrypted. Everything read
-        from the socket before the call is plaintext and is delivered as
-        ``'data'`` before ``'secure'``; only bytes read after the call go
-        to TLS. A failed handshake gives ``'error'`` then ``'close'(True)``.
+        handshake; bytes written after it are encrypted. Bytes read before
+        the call are plaintext, delivered as ``'data'`` before ``'secure'``.
+        A failed handshake gives ``'error'`` then ``'close'(True)``.
 
         Args:
-            context: the ``ssl.SSLContext``; default: a client context from
-                ``ssl.create_default_context()``. A server side needs one
-                with its certificate; one that holds CA certificates
-                requests a client certificate.
+            context: the ``ssl.SSLContext`` (default: a client context from
+                ``ssl.create_default_context()``); a server side needs one
+                with its certificate (with CA certificates, it asks for one).
             server_side: default ``True`` for a stream a server accepted.
-            server_hostname: the name to verify (and send as SNI); default:
-                the host this stream connected to.
-            reject_unauthorized: ``False`` lets the handshake complete with a
-                peer that does not verify (client side); see
-                :meth:`verify_peer` and :attr:`authorization_error`.
+            server_hostname: the name to verify and send as SNI (default:
+                the host connected to).
+            reject_unauthorized, alpn_protocols, handshake_timeout, session:
+                as the stream's options (see :class:`Stream`), which are
+                their defaults.
 
         Raises:
             TypeError, ValueError: bad arguments.
             StreamStateError: the stream is not open, or is already secure.
         """
-        _check_tls_arguments(context, server_side, server_hostname, reject_unauthorized)
+        _check_tls_arguments(context, server_side, server_hostname)
+        reject_unauthorized, alpn, handshake_timeout, session = _stream_defaults(
+            self._options, reject_unauthorized, alpn_protocols, handshake_timeout, session
+        )
         side = self._server_side if server_side is None else server_side
-        if side and context is None:
-            raise ValueError(
-                "a server-side set_secure() needs an ssl.SSLContext with a certificate"
-            )
+        context = _side_context(context, side, session)
         conn = self._conn
         sm = self._flow.sm
         if conn is None or not sm.upgradable:
@@ -129,7 +168,13 @@ class StreamControls(StreamProperties):
         if server_hostname is None and not side and conn.target is not None:
             server_hostname = conn.target.hostname
         conn.upgrade = Upgrade(
-            context or default_client_context(), side, server_hostname, reject_unauthorized
+            context,
+            side,
+            server_hostname,
+            reject_unauthorized,
+            alpn_protocols=alpn,
+            handshake_timeout=handshake_timeout,
+            session=session,
         )
         conn.direct = None
         self._flow.set_plaintext_aside()

@@ -7,9 +7,11 @@ import os
 import socket as _socket
 import ssl as _ssl
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
+
+from ._tls import check_session, default_client_context
 
 __all__ = [
     "NODE_OPTION_NAMES",
@@ -17,9 +19,11 @@ __all__ = [
     "STREAM_OPTION_NAMES",
     "ServerOptions",
     "StreamOptions",
+    "alpn_list",
     "check_option_names",
     "check_port",
     "check_timeout_ms",
+    "check_tls_options",
     "ip_version",
     "is_path",
     "server_options",
@@ -137,6 +141,46 @@ def _check_connect_timeout(_inst: object, _attr: object, value: Any) -> None:
         raise ValueError("connect_timeout must be > 0 (ms), or None for no limit")
 
 
+def alpn_list(value: object) -> tuple[str, ...] | None:
+    """``alpn_protocols`` checked: ``None``, or a list (or tuple) of protocol
+    names, each 1 to 255 ASCII characters (an empty list offers none)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"alpn_protocols must be a list of str, not {type(value).__name__}")
+    names = cast("list[object] | tuple[object, ...]", value)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"alpn_protocols must be a list of str, not of {type(name).__name__}")
+        if not name.isascii() or not 1 <= len(name) <= 255:
+            raise ValueError(
+                f"an ALPN protocol name is 1 to 255 ASCII characters, not {name[:40]!r}"
+                + ("..." if len(name) > 40 else "")
+            )
+    return tuple(cast("list[str] | tuple[str, ...]", names)) or None
+
+
+def check_tls_options(
+    reject_unauthorized: object, handshake_timeout: object, session: object
+) -> None:
+    """The TLS options that ``set_secure()`` takes too (``alpn_list`` aside)."""
+    if not isinstance(reject_unauthorized, bool):
+        raise TypeError(
+            f"reject_unauthorized must be a bool, not {type(reject_unauthorized).__name__}"
+        )
+    check_number("handshake_timeout", handshake_timeout)
+    if session is not None and not isinstance(session, _ssl.SSLSession):
+        raise TypeError(f"session must be an ssl.SSLSession, not {type(session).__name__}")
+
+
+def _check_tls(inst: Any, _attr: object, _value: object) -> None:
+    check_tls_options(inst.reject_unauthorized, inst.handshake_timeout, inst.session)
+    if inst.session is not None and isinstance(inst.ssl, _ssl.SSLContext):
+        check_session(inst.ssl, inst.session)
+    elif inst.session is not None and inst.ssl is True:
+        check_session(default_client_context(), inst.session)
+
+
 def _check_max(inst: object, attr: object, value: int | None) -> None:
     if value is not None:
         _non_negative_int("max_connections")(inst, attr, value)
@@ -167,6 +211,11 @@ class StreamOptions:
         default=250, validator=_check_attempt_timeout
     )
     connect_timeout: float | None = attrs.field(default=None, validator=_check_connect_timeout)
+    # TLS (with ssl=; set_secure() takes them too):
+    reject_unauthorized: bool = True
+    alpn_protocols: tuple[str, ...] | None = attrs.field(default=None, converter=alpn_list)
+    handshake_timeout: float = 120_000
+    session: _ssl.SSLSession | None = attrs.field(default=None, validator=_check_tls)
 
 
 @attrs.frozen(kw_only=True)
@@ -181,6 +230,8 @@ class ServerOptions:
             raise ValueError("ssl=True is a client option; a server needs an ssl.SSLContext")
         if self.stream.server_hostname is not None:
             raise ValueError("server_hostname is a client option")
+        if self.stream.session is not None:
+            raise ValueError("session is a client option (a session to resume)")
 
 
 STREAM_OPTION_NAMES = tuple(field.name for field in attrs.fields(StreamOptions))
@@ -210,6 +261,9 @@ NODE_OPTION_NAMES = {
     "servername": "server_hostname",
     "maxConnections": "max_connections",
     "reusePort": "reuse_port",
+    "rejectUnauthorized": "reject_unauthorized",
+    "ALPNProtocols": "alpn_protocols",
+    "handshakeTimeout": "handshake_timeout",
     "localAddress": "local_address",
     "localPort": "local_port",
     "autoSelectFamily": "auto_select_family",

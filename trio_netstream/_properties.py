@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import socket as _stdlib_socket
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._ciphers import cipher_info
 from ._connection import local_address, plain_socket
 from ._tls import peer_certificate
 from ._typed import TypedEvents
@@ -176,6 +178,54 @@ class StreamProperties(TypedEvents):
             return None
         return peer_certificate(upgrade.tls.ssl_object)
 
+    @property
+    def _ssl_object(self) -> ssl.SSLObject | None:
+        """The handshaken TLS connection's ``SSLObject``, or ``None``."""
+        upgrade = self._upgrade
+        return None if upgrade is None or upgrade.tls is None else upgrade.tls.ssl_object
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The protocol ALPN agreed on (``"h2"``), or ``None``: before a
+        handshake, on a plaintext stream, or when none was agreed."""
+        ssl_object = self._ssl_object
+        return None if ssl_object is None else ssl_object.selected_alpn_protocol()
+
+    def get_protocol(self) -> str | None:
+        """The TLS version negotiated (``"TLSv1.3"``), or ``None``."""
+        ssl_object = self._ssl_object
+        return None if ssl_object is None else ssl_object.version()
+
+    def get_cipher(self) -> dict[str, str | None] | None:
+        """``{"name", "standard_name", "version"}`` of the cipher suite
+        negotiated, or ``None``."""
+        ssl_object = self._ssl_object
+        return None if ssl_object is None else cipher_info(ssl_object)
+
+    def get_session(self) -> ssl.SSLSession | None:
+        """The TLS session, to resume with the ``session`` option; ``None``
+        before a handshake (a TLS 1.3 server sends it just after)."""
+        ssl_object = self._ssl_object
+        return None if ssl_object is None else ssl_object.session
+
+    def is_session_reused(self) -> bool:
+        """Whether the handshake resumed the session given with ``session``."""
+        ssl_object = self._ssl_object
+        return ssl_object is not None and ssl_object.session_reused
+
+    @property
+    def servername(self) -> str | None:
+        """On a server stream, the name the client sent (SNI; ``None`` if it
+        sent none); on a client, the name it sent and verified; ``None``
+        on a plaintext stream."""
+        upgrade = self._upgrade
+        if upgrade is None:
+            return None
+        if not upgrade.server_side:
+            return upgrade.server_hostname
+        choices = None if upgrade.tls is None else upgrade.tls.choices
+        return None if choices is None else choices.servername
+
     def __repr__(self) -> str:
         where = ""
         conn = self._conn
@@ -198,5 +248,10 @@ class StreamProperties(TypedEvents):
     verifyPeer = verify_peer
     getPeerCertificate = get_peer_certificate
     authorizationError = authorization_error
+    alpnProtocol = alpn_protocol
+    getProtocol = get_protocol
+    getCipher = get_cipher
+    getSession = get_session
+    isSessionReused = is_session_reused
     writableLength = write_queue_size
     isPaused = is_paused

@@ -17,6 +17,8 @@ common case (bytes, a sync ``'data'`` listener, nothing kept) is inlined in
 
 from __future__ import annotations
 
+import errno
+import math
 from typing import TYPE_CHECKING
 
 import trio
@@ -24,7 +26,7 @@ import trio
 from ._errors import TransportError, translate, transport_errors
 from ._flow import BEFORE, Chunk, Step
 from ._state import Input
-from ._tls import make_transport, verify
+from ._tls import TLSTransport, make_transport, verify
 
 if TYPE_CHECKING:
     from ._connection import Connection, Upgrade
@@ -195,10 +197,11 @@ async def secure(conn: Connection, upgrade: Upgrade) -> None:
         server_side=upgrade.server_side,
         server_hostname=upgrade.server_hostname,
         reject_unauthorized=upgrade.reject_unauthorized,
+        alpn_protocols=upgrade.alpn_protocols,
+        session=upgrade.session,
     )
     conn.transport = tls  # closing the stream now closes the socket through it
-    with transport_errors():
-        await tls.do_handshake()
+    await _handshake(tls, upgrade.handshake_timeout)
     upgrade.tls = tls
     upgrade.verification = verify(
         tls.ssl_object,
@@ -209,3 +212,21 @@ async def secure(conn: Connection, upgrade: Upgrade) -> None:
     )
     upgrade.done.set()
     await conn.emit("secure")
+    if conn.accepted and upgrade.first_byte:
+        await conn.owner.secured(conn.host)
+
+
+async def _handshake(tls: TLSTransport, limit_ms: float) -> None:
+    """The TLS handshake, within *limit_ms* (``0``: no limit).
+
+    Raises:
+        TransportError: it failed, or took too long (``TimeoutError``,
+            ``ERR_TLS_HANDSHAKE_TIMEOUT``, as Node's).
+    """
+    with trio.move_on_after(limit_ms / 1000 if limit_ms else math.inf) as scope:
+        with transport_errors():
+            await tls.do_handshake()
+    if scope.cancelled_caught:
+        error = TimeoutError(errno.ETIMEDOUT, f"TLS handshake timeout ({limit_ms:g} ms)")
+        error.code = "ERR_TLS_HANDSHAKE_TIMEOUT"  # type: ignore[attr-defined]  # as Node's
+        raise TransportError(error)

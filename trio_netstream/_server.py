@@ -92,13 +92,17 @@ def _check_listen_arguments(
 class _ServerOwner:
     """The owner of the streams a server accepted: the server's block."""
 
-    __slots__ = ("_done", "_failed")
+    __slots__ = ("_done", "_failed", "_server")
 
     def __init__(
-        self, failed: Callable[[BaseException], None], done: Callable[[object], None]
+        self,
+        failed: Callable[[BaseException], None],
+        done: Callable[[object], None],
+        server: EventEmitter,
     ) -> None:
         self._failed = failed
         self._done = done
+        self._server = server
 
     def listener_failed(self, exc: BaseException) -> None:
         self._failed(exc)
@@ -108,6 +112,23 @@ class _ServerOwner:
 
     def connection_done(self, stream: object) -> None:
         self._done(stream)
+
+    async def secured(self, stream: object) -> None:
+        pending = self._server.emit("secureConnection", stream)
+        if pending is not None:
+            await pending
+
+    async def tls_failed(self, stream: object, exc: BaseException) -> bool:
+        server = self._server
+        if not server.listener_count("tlsClientError"):
+            return False
+        try:
+            pending = server.emit("tlsClientError", exc, stream)
+            if pending is not None:
+                await pending
+        except Exception as raised:  # a listener raised
+            self._failed(raised)
+        return True
 
 
 class _ServerEvents(EventEmitter):
@@ -126,6 +147,14 @@ class _ServerEvents(EventEmitter):
         @overload
         def on(
             self, event: Literal["error"], listener: Callable[[BaseException], object]
+        ) -> Self: ...
+        @overload
+        def on(self, event: Literal["secureConnection"], listener: ConnectionListener) -> Self: ...
+        @overload
+        def on(
+            self,
+            event: Literal["tlsClientError"],
+            listener: Callable[[BaseException, Stream], object],
         ) -> Self: ...
         @overload
         def on(self, event: str) -> Callable[[Any], Any]: ...
@@ -179,7 +208,7 @@ class Server(_ServerEvents):
         if connection_listener is not None:
             self.on("connection", connection_listener)
         self._block = Block()
-        self._owner = _ServerOwner(self._listener_failed, self._connection_done)
+        self._owner = _ServerOwner(self._listener_failed, self._connection_done, self)
         self._socket: trio.socket.SocketType | None = None
         self._address: tuple[str, int] | str | None = None
         self._unlink_path: str | None = None

@@ -137,6 +137,12 @@ class _BlockOwner:
     def connection_done(self, stream: object) -> None:
         pass  # the block waits for 'close' itself
 
+    async def secured(self, stream: object) -> None:
+        pass  # a server's event only
+
+    async def tls_failed(self, stream: object, exc: BaseException) -> bool:
+        return False  # a server's event only
+
 
 class Stream(StreamControls):
     """A TCP or UNIX-socket stream with Node's ``net.Stream`` events.

@@ -45,7 +45,14 @@ from typing import Any
 import attrs
 import trio
 
-__all__ = ["TLSTransport", "Verification", "certificate_fields", "make_transport"]
+__all__ = [
+    "Choices",
+    "TLSTransport",
+    "Verification",
+    "certificate_fields",
+    "check_session",
+    "make_transport",
+]
 
 _CHUNK = 64 * 1024
 
@@ -70,6 +77,7 @@ class TLSTransport(trio.abc.HalfCloseableStream):
         self._eof_sent = False
         self._handshaken = False
         self._closed = False
+        self.choices: Choices | None = None  # a server connection's (make_transport)
 
     @property
     def socket(self) -> trio.socket.SocketType | None:
@@ -95,9 +103,14 @@ class TLSTransport(trio.abc.HalfCloseableStream):
             ssl.SSLError: the handshake failed (the alert is sent first).
             ConnectionResetError: the peer closed the connection mid-handshake.
         """
+        choices = self.choices
         while True:
             try:
-                self.ssl_object.do_handshake()
+                if choices is None:
+                    self.ssl_object.do_handshake()
+                else:
+                    with choices.applied(self.ssl_object.context):
+                        self.ssl_object.do_handshake()
             except ssl.SSLWantReadError:
                 await self._flush()
                 data = await self.raw.receive_some(_CHUNK)
@@ -211,6 +224,38 @@ class TLSTransport(trio.abc.HalfCloseableStream):
             await self.raw.aclose()
 
 
+class Choices:
+    """A server connection's own TLS choices: its ALPN list, and the SNI name
+    the client sent. They are set on the (shared) context only around each
+    handshake step: OpenSSL reads them while it answers the ClientHello,
+    which happens within one step, synchronously; the caller's context is
+    left as it was."""
+
+    __slots__ = ("alpn", "servername")
+
+    def __init__(self, alpn: tuple[str, ...] | None) -> None:
+        self.alpn = alpn
+        self.servername: str | None = None
+
+    @contextmanager
+    def applied(self, context: ssl.SSLContext) -> Generator[None, None, None]:
+        theirs = context.sni_callback
+
+        def record(ssl_object: Any, name: str | None, ctx: ssl.SSLContext) -> int | None:
+            self.servername = name
+            return None if theirs is None else theirs(ssl_object, name, ctx)  # type: ignore[arg-type]  # None when the client sent no name
+
+        context.sni_callback = record
+        if self.alpn:
+            context.set_alpn_protocols(list(self.alpn))
+        try:
+            yield
+        finally:
+            context.sni_callback = theirs
+            if self.alpn:
+                context.set_alpn_protocols([])
+
+
 @contextmanager
 def _ignore_transport_errors() -> Generator[None, None, None]:
     try:
@@ -256,8 +301,28 @@ class Verification:
 _NO_RENEGOTIATION = getattr(ssl, "OP_NO_RENEGOTIATION", 0)
 
 
+_default_client_context: ssl.SSLContext | None = None
+
+
 def default_client_context() -> ssl.SSLContext:
-    return ssl.create_default_context()
+    """``ssl.create_default_context()``, made once: loading the system's CA
+    store costs milliseconds, and a session can only be resumed with the
+    context it came from."""
+    global _default_client_context  # one per process, made when first needed
+    if _default_client_context is None:
+        _default_client_context = ssl.create_default_context()
+    return _default_client_context
+
+
+def check_session(context: ssl.SSLContext, session: ssl.SSLSession | None) -> None:
+    """Raise ``ValueError`` now if *session* cannot be resumed with *context*
+    (OpenSSL takes only a session of the same context)."""
+    if session is None:
+        return
+    try:
+        context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="x", session=session)
+    except ValueError as exc:
+        raise ValueError(f"session cannot be used with this context: {exc}") from None
 
 
 def make_transport(
@@ -267,6 +332,8 @@ def make_transport(
     server_side: bool,
     server_hostname: str | None,
     reject_unauthorized: bool,
+    alpn_protocols: tuple[str, ...] | None = None,
+    session: ssl.SSLSession | None = None,
 ) -> TLSTransport:
     """A :class:`TLSTransport` whose verify mode fits *reject_unauthorized*.
 
@@ -274,23 +341,39 @@ def make_transport(
     when *server_hostname* is given); with ``reject_unauthorized=False`` it
     does not, and :func:`verify` says afterwards why the peer did not pass.
     Server side: a context holding CA certificates requests a client
-    certificate (OpenSSL then also checks one that is presented).
+    certificate, which must verify with ``reject_unauthorized`` (else a
+    client without one is let in; one that presents a certificate that does
+    not verify is still refused by OpenSSL, which Python's ``ssl`` gives no
+    way to override).
     """
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     verify_mode: ssl.VerifyMode | None = None
     check_hostname: bool | None = None
     if server_side:
-        if context.verify_mode == ssl.CERT_NONE and context.get_ca_certs():
-            verify_mode = ssl.CERT_OPTIONAL
+        if context.verify_mode != ssl.CERT_REQUIRED and context.get_ca_certs():
+            verify_mode = ssl.CERT_REQUIRED if reject_unauthorized else ssl.CERT_OPTIONAL
     elif not reject_unauthorized:
         verify_mode, check_hostname = ssl.CERT_NONE, False
     elif server_hostname is None and context.check_hostname:
         check_hostname = False  # nothing to check the name against (a UNIX path)
     with _for_one_connection(context, verify_mode, check_hostname):
-        ssl_object = context.wrap_bio(
-            incoming, outgoing, server_side=server_side, server_hostname=server_hostname
-        )
-    return TLSTransport(raw, ssl_object, incoming, outgoing)
+        if alpn_protocols and not server_side:  # OpenSSL copies the client's list
+            context.set_alpn_protocols(list(alpn_protocols))
+        try:
+            ssl_object = context.wrap_bio(
+                incoming,
+                outgoing,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                session=session,
+            )
+        finally:
+            if alpn_protocols and not server_side:
+                context.set_alpn_protocols([])
+    transport = TLSTransport(raw, ssl_object, incoming, outgoing)
+    if server_side:
+        transport.choices = Choices(alpn_protocols)
+    return transport
 
 
 def _chain(ssl_object: ssl.SSLObject) -> list[bytes]:

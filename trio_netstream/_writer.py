@@ -19,11 +19,13 @@ what was written after the call.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 import trio
 
-from ._errors import transport_errors
+from ._errors import TransportError, transport_errors
+from ._state import State
 
 if TYPE_CHECKING:
     from ._connection import Connection, Upgrade
@@ -33,18 +35,24 @@ __all__ = [
     "emit_drain",
     "finish_writer",
     "kick_writer",
+    "let_a_failing_send_report",
     "send_eof_now",
     "wait_writer_finished",
 ]
 
 
+#: What a send meets when the peer is gone.
+_PEER_GONE = (errno.EPIPE, errno.ECONNRESET)
+
+
 class Writer:
     """The state of a connection's writable side, made when first needed."""
 
-    __slots__ = ("done", "finished", "lot", "started", "task")
+    __slots__ = ("done", "finished", "lot", "sending", "started", "task")
 
     def __init__(self) -> None:
         self.started = False  # the task was started (it is never started twice)
+        self.sending = False  # in the transport's send_all()
         self.finished = False  # the EOF was sent, or the task ended
         self.done: trio.Event | None = None
         self.lot: trio.lowlevel.ParkingLot | None = None
@@ -148,8 +156,12 @@ async def _write_loop(conn: Connection) -> None:
                 continue
             if flow.queue:
                 data = flow.take()
-                with transport_errors(sending=True):
-                    await transport.send_all(data)
+                writer.sending = True
+                try:
+                    with transport_errors(sending=True):
+                        await transport.send_all(data)
+                finally:
+                    writer.sending = False
                 if conn.stopped:
                     return  # destroyed or failed meanwhile: the queue is gone
                 if flow.idle_period:
@@ -165,16 +177,41 @@ async def _write_loop(conn: Connection) -> None:
                 continue
             if flow.sm.sending_eof:
                 conn.wrote_eof = True
-                with transport_errors(sending=True):
-                    if isinstance(transport, trio.abc.HalfCloseableStream):
-                        await transport.send_eof()
-                    else:
-                        await transport.aclose()
+                await _send_eof(conn, transport)
                 return
             assert writer.lot is not None
             await writer.lot.park()
     finally:
         finish_writer(conn)
+
+
+async def _send_eof(conn: Connection, transport: trio.abc.Stream) -> None:
+    """``end()``'s FIN (after close_notify over TLS). When the peer closed
+    first, the peer may be gone by now: as Node, ``ENOTCONN`` from the
+    final ``shutdown()`` is no failure, nor (once the peer's ``'end'``
+    came) the ``EPIPE`` or ``ECONNRESET`` of a close_notify it no longer
+    reads; the close stays clean."""
+    try:
+        with transport_errors(sending=True):
+            if isinstance(transport, trio.abc.HalfCloseableStream):
+                await transport.send_eof()
+            else:
+                await transport.aclose()
+    except TransportError as failure:
+        code = getattr(failure.error, "errno", None)
+        peer_ended = conn.flow.sm.state is State.ENDED
+        if code != errno.ENOTCONN and not (peer_ended and code in _PEER_GONE):
+            raise
+
+
+async def let_a_failing_send_report(conn: Connection) -> None:
+    """At the end of input, let a send that is failing right now report it
+    first (one scheduler step): a reset found by a send leaves the reader
+    only an end of file (the kernel reports a reset once), which must not
+    pass for the peer's ``'end'``."""
+    writer = conn.writer
+    if writer is not None and writer.sending:
+        await trio.lowlevel.checkpoint()
 
 
 async def _hand_over(

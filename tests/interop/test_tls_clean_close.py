@@ -63,11 +63,6 @@ HTTP_RESPONSE = (
 )
 LINE = b"hello, server\n"
 
-ISSUE = (
-    "issue 16: a peer that closes first turns a clean close into 'error' "
-    "(ENOTCONN from the final shutdown, EPIPE from close_notify, ECONNRESET)"
-)
-XFAIL = pytest.mark.xfail(strict=False, reason=ISSUE)
 NEEDS_CURL = pytest.mark.skipif(CURL is None, reason="curl is not installed")
 NEEDS_OPENSSL = pytest.mark.skipif(OPENSSL is None, reason="the openssl binary is not installed")
 NEEDS_NODE = pytest.mark.skipif(NODE is None, reason="Node.js (the node binary) is not installed")
@@ -420,11 +415,11 @@ TLS_CLIENTS: dict[str, tuple[Serve, Clients]] = {
 @pytest.mark.parametrize(
     "client",
     [
-        pytest.param("curl", marks=[NEEDS_CURL, XFAIL]),
-        pytest.param("smtplib", marks=[XFAIL]),
+        pytest.param("curl", marks=[NEEDS_CURL]),
+        pytest.param("smtplib"),
         pytest.param("s_client", marks=[NEEDS_OPENSSL]),
         pytest.param("node-tls-end", marks=[NEEDS_NODE]),
-        pytest.param("node-tls-destroy", marks=[NEEDS_NODE, XFAIL]),
+        pytest.param("node-tls-destroy", marks=[NEEDS_NODE]),
     ],
 )
 async def test_tls_peer_closing_first_is_a_clean_close(
