@@ -7,9 +7,12 @@ Commands:
   ``--tls``: TLS from the first byte, with a throwaway certificate).
 * ``echo``: the echo server of Node's original ``net`` docs, printing a
   line per connection event;
-  ``--workers N`` runs N processes sharing one port (``SO_REUSEPORT``).
+  ``--workers N`` runs N processes sharing one port (``SO_REUSEPORT``);
+  ``--tls-cert`` serves TLS, ``--alpn h2,http/1.1`` accepts those ALPN
+  protocols (``secure (ALPN h2)``).
 * ``connect``: a netcat-like client: stdin to the socket, received data to
-  stdout; ``--tls`` or SMTP-style ``--starttls``; ``--family``,
+  stdout; ``--tls`` or SMTP-style ``--starttls``, ``--alpn h2,http/1.1``
+  offering ALPN protocols (``ALPN: h2`` on stderr); ``--family``,
   ``--local-address``, ``--local-port`` and ``--connect-timeout`` say how
   it connects.
 

@@ -4,7 +4,9 @@ Stdin is read in a worker thread, so it may be a terminal, a pipe or a file;
 with ``--starttls`` it is read only once TLS is up (:class:`StartTLS` runs
 the dialogue before that). ``--family``, ``--local-address``,
 ``--local-port`` and ``--connect-timeout`` are the library's client options
-of the same names (``connect_timeout`` in milliseconds).
+of the same names (``connect_timeout`` in milliseconds); ``--alpn`` is
+``alpn_protocols``, and the protocol agreed is printed after the handshake
+(``ALPN: h2``, or ``ALPN: none``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import errno
 import os
 import ssl
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -38,6 +41,7 @@ async def connect_client(
     local_address: str | None = None,
     local_port: int | None = None,
     connect_timeout: float | None = None,
+    alpn: Sequence[str] | None = None,
 ) -> int:
     """The ``connect`` command: relay stdin to the stream and the stream to stdout.
 
@@ -48,7 +52,8 @@ async def connect_client(
     *starttls_timeout* seconds of the start (connection, dialogue and
     handshake), else the command fails. *family*, *local_address*,
     *local_port* and *connect_timeout* (milliseconds) are the stream's
-    options of those names.
+    options of those names. *alpn*: the ALPN protocols to offer; the one
+    agreed is printed on stderr after the handshake, verbose or not.
     """
     options: dict[str, Any] = {
         "allow_half_open": False,
@@ -59,6 +64,7 @@ async def connect_client(
     }
     if tls:
         options["ssl"] = context if context is not None else True
+        options["alpn_protocols"] = None if alpn is None else list(alpn)
     stream = Stream(**options)
     if path is not None:
         target = path
@@ -70,9 +76,10 @@ async def connect_client(
     decoder = None if encoding is None else get_decoder(encoding)
     relay = _Relay(stream, target, context, decoder, verbose=verbose)
     relay.local = _local_end(local_address, local_port)
+    relay.alpn = None if alpn is None else tuple(alpn)
     if starttls:
         relay.negotiation = StartTLS(
-            stream, context or ssl.create_default_context(), host, relay.note
+            stream, context or ssl.create_default_context(), host, relay.note, alpn=relay.alpn
         )
         relay.negotiation_timeout = starttls_timeout
     else:
@@ -111,6 +118,7 @@ class _Relay:
         self.negotiation: StartTLS | None = None
         self.negotiation_timeout = DEFAULT_TIMEOUT
         self.local: str | None = None  # --local-address/--local-port, for error lines
+        self.alpn: tuple[str, ...] | None = None  # --alpn: the protocols offered
 
     def note(self, text: str) -> None:
         if self.verbose:
@@ -144,6 +152,8 @@ class _Relay:
         def on_secure() -> None:
             insecure = self.context is not None and self.context.verify_mode == ssl.CERT_NONE
             note("secure: " + ("peer NOT verified (--insecure)" if insecure else "peer verified"))
+            if self.alpn is not None:  # asked for: printed verbose or not
+                warn(f"ALPN: {stream.alpn_protocol or 'none'}")
             self.starting.set()
 
         def on_end() -> None:
@@ -200,8 +210,22 @@ class _Relay:
             if self.local is not None and getattr(error, "errno", None) in _LOCAL_ERRNOS:
                 target = f"from {self.local} to {target}"  # the local end is the culprit
             message, code = describe(error, target)
+            if self.alpn is not None and _refused_alpn(error):
+                message = (
+                    f"TLS handshake failed: {target}: the server accepts none of the ALPN "
+                    f"protocols offered ({','.join(self.alpn)}): no_application_protocol alert"
+                )
             raise Failure(message, code)
         return EXIT_OK
+
+
+def _refused_alpn(error: BaseException) -> bool:
+    """The server ended the handshake with a no_application_protocol alert:
+    it takes none of the protocols offered (and refuses to go on without)."""
+    if not isinstance(error, ssl.SSLError):
+        return False
+    text = f"{error.reason or ''} {error}".lower().replace("_", " ")
+    return "no application protocol" in text
 
 
 #: Errors about the local end (--local-address, --local-port): in use, not ours.

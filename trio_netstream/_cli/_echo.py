@@ -1,12 +1,17 @@
 """``echo``: the echo server of Node's original ``net`` docs, printing a
-line per connection event."""
+line per connection event.
+
+With ``--alpn``, the ``secure`` line names the protocol ALPN agreed on:
+``secure (ALPN h2)``, or ``secure (ALPN none)``; without it, the line is
+just ``secure``.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -33,6 +38,7 @@ async def echo_server(
     path: str | None = None,
     context: ssl.SSLContext | None = None,
     reuse_port: bool = False,
+    alpn: Sequence[str] | None = None,
     out: Callable[[str], object] = say,
 ) -> int:
     """Serve the echo protocol of Node's original docs until cancelled, printing every event.
@@ -40,6 +46,8 @@ async def echo_server(
     Each connection gets ``hello\\r\\n``, its data echoed (with backpressure:
     reading pauses until a slow reader has taken the echo), and
     ``goodbye\\r\\n`` before the server ends it after the client's end.
+    *alpn* (with a *context*): the ALPN protocols the server accepts, most
+    preferred first.
     """
     pid = os.getpid()
     numbers = itertools.count(1)
@@ -50,9 +58,10 @@ async def echo_server(
         def log(text: str) -> None:
             out(f"[pid {pid}] #{number} {text}")
 
-        _echo(stream, log)
+        _echo(stream, log, alpn=alpn is not None)
 
-    async with create_server(on_connection, ssl=context) as server:
+    protocols = None if alpn is None else list(alpn)
+    async with create_server(on_connection, ssl=context, alpn_protocols=protocols) as server:
         if path is not None:
             with listen_errors(path):
                 await server.listen(path)
@@ -64,8 +73,9 @@ async def echo_server(
     raise AssertionError("unreachable")  # pragma: no cover - sleep_forever() never returns
 
 
-def _echo(stream: Stream, log: Callable[[str], None]) -> None:
-    """The echo protocol of Node's original docs on one connection, logging its events."""
+def _echo(stream: Stream, log: Callable[[str], None], *, alpn: bool = False) -> None:
+    """The echo protocol of Node's original docs on one connection, logging
+    its events (with *alpn*, ``secure`` names the protocol agreed)."""
     if stream.remote_port is not None:
         peer = host_port(str(stream.remote_address), stream.remote_port)
     else:
@@ -87,8 +97,11 @@ def _echo(stream: Stream, log: Callable[[str], None]) -> None:
         stream.write("goodbye\r\n")
         stream.end()
 
+    def on_secure() -> None:
+        log(f"secure (ALPN {stream.alpn_protocol or 'none'})" if alpn else "secure")
+
     stream.on("connect", on_connect)
-    stream.on("secure", lambda: log("secure"))
+    stream.on("secure", on_secure)
     stream.on("data", on_data)
     stream.on("end", on_end)
     stream.on("error", lambda exc: log(f"error {_error_text(exc)}"))

@@ -58,6 +58,8 @@ def _run_echo(args: argparse.Namespace) -> int:
             tls_args = ["--tls-cert", args.tls_cert]
             if args.tls_key is not None:
                 tls_args += ["--tls-key", args.tls_key]
+            if args.alpn is not None:
+                tls_args.append("--alpn=" + ",".join(args.alpn))
         return trio.run(
             until_signal,
             lambda: echo_workers(
@@ -73,6 +75,7 @@ def _run_echo(args: argparse.Namespace) -> int:
             path=args.unix,
             context=context,
             reuse_port=args.reuse_port,
+            alpn=args.alpn,
         ),
     )
 
@@ -97,6 +100,7 @@ def _run_connect(args: argparse.Namespace) -> int:
             local_address=args.local_address,
             local_port=args.local_port,
             connect_timeout=args.connect_timeout,
+            alpn=args.alpn,
         ),
     )
 

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable, Sequence
 
 from .._encoding import normalize
-from .._options import ip_version
+from .._options import alpn_list, ip_version
 from ._output import PROG
 from ._starttls import DEFAULT_TIMEOUT
 
@@ -28,6 +28,12 @@ It prints "listening on HOST:PORT (pid N)" once listening, then one line per
 connection event: "[pid N] #K connection from HOST:PORT", "connect",
 "secure", "data b'...'", "end", "error ...", "close(False)". SIGINT or
 SIGTERM stops it (connections are destroyed; exit code 130 or 0).
+
+--alpn h2,http/1.1 (with --tls-cert): the protocols the server accepts (ALPN,
+RFC 7301), most preferred first; of those a client offers, the first in this
+list is chosen. The "secure" line then names the result: "secure (ALPN h2)",
+or "secure (ALPN none)" when the client offered none of them (the connection
+goes on without a protocol).
 
 --workers N starts N "echo --reuse-port" processes on one port (chosen first
 when --port is 0); the first line is then "listening on HOST:PORT (pid N,
@@ -52,6 +58,12 @@ ends, the client ends too.
 
 Certificates are verified against the system's CAs, or --ca-file; the
 server's name must match (not for --unix).
+
+--alpn h2,http/1.1 (with --tls or --starttls) offers those protocols (ALPN,
+RFC 7301); the server picks one. After the handshake one line on stderr says
+which: "ALPN: h2", or "ALPN: none" when the server agreed to none (it does
+not do ALPN, or takes none of them). A server that refuses the connection
+instead (a no_application_protocol alert) makes it a TLS error, exit code 3.
 
 Connecting, as Node's net.connect(): a HOST name's addresses are tried in
 turn, IPv6 and IPv4 interleaved (Happy Eyeballs, RFC 8305), the first to
@@ -119,6 +131,21 @@ def _encoding(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc))
 
 
+def _alpn(text: str) -> tuple[str, ...]:
+    """``h2,http/1.1``: ALPN protocol names, comma-separated, in order."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(
+            f"a comma-separated list of protocol names, such as h2,http/1.1, not {text!r}"
+        )
+    try:
+        checked = alpn_list(names)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    assert checked is not None  # not empty
+    return checked
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``trio-netstream`` parser: the ``demo``, ``echo`` and ``connect`` commands."""
     parser = argparse.ArgumentParser(
@@ -183,6 +210,12 @@ def _echo_options(echo: argparse.ArgumentParser) -> None:
     echo.add_argument("--tls-cert", metavar="FILE", help="serve TLS: certificate chain (PEM)")
     echo.add_argument("--tls-key", metavar="FILE", help="private key (PEM; default: in --tls-cert)")
     echo.add_argument(
+        "--alpn",
+        type=_alpn,
+        metavar="P1,P2",
+        help="ALPN protocols to accept, most preferred first (e.g. h2,http/1.1; needs --tls-cert)",
+    )
+    echo.add_argument(
         "--workers",
         type=_positive,
         default=1,
@@ -214,6 +247,12 @@ def _connect_options(connect: argparse.ArgumentParser) -> None:
     trust.add_argument("--ca-file", metavar="FILE", help="trust the CA certificates in FILE (PEM)")
     trust.add_argument(
         "--insecure", action="store_true", help="do not verify the server's certificate"
+    )
+    connect.add_argument(
+        "--alpn",
+        type=_alpn,
+        metavar="P1,P2",
+        help="offer these ALPN protocols (e.g. h2,http/1.1) and print the one agreed on stderr",
     )
     connect.add_argument(
         "--encoding",
@@ -275,6 +314,8 @@ def check(args: argparse.Namespace) -> None:
     if args.command == "echo":
         if args.tls_key is not None and args.tls_cert is None:
             parser.error("--tls-key needs --tls-cert")
+        if args.alpn is not None and args.tls_cert is None:
+            parser.error("--alpn needs --tls-cert (ALPN is part of the TLS handshake)")
         if args.unix is not None and args.workers > 1:
             parser.error("--workers needs TCP (SO_REUSEPORT), not --unix")
     elif args.command == "connect":
@@ -285,6 +326,8 @@ def check(args: argparse.Namespace) -> None:
             parser.error("give HOST PORT, or --unix PATH")
         if (args.ca_file is not None or args.insecure) and not (args.tls or args.starttls):
             parser.error("--ca-file and --insecure need --tls or --starttls")
+        if args.alpn is not None and not (args.tls or args.starttls):
+            parser.error("--alpn needs --tls or --starttls (ALPN is part of the TLS handshake)")
         if args.starttls_timeout is not None and not args.starttls:
             parser.error("--starttls-timeout needs --starttls")
         _check_connecting(parser, args)

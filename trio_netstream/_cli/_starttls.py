@@ -30,7 +30,8 @@ class StartTLS:
     """The SMTP-style STARTTLS dialogue of ``connect --starttls``.
 
     Waits for the ``220`` greeting, sends ``EHLO``, waits for ``250``, sends
-    ``STARTTLS``, waits for ``220`` and calls ``set_secure()``. Replies may be
+    ``STARTTLS``, waits for ``220`` and calls ``set_secure()`` (offering
+    *alpn*, the ALPN protocols of ``--alpn``). Replies may be
     multi-line (``250-...`` lines, then ``250 ...``). Each failure destroys
     the stream with a :class:`ProtocolError`: a line that is not the
     expected reply (another code, or no reply at all, such as an echo
@@ -45,8 +46,11 @@ class StartTLS:
         context: ssl.SSLContext,
         hostname: str | None,
         note: Callable[[str], object],
+        *,
+        alpn: tuple[str, ...] | None = None,
     ) -> None:
         self.stream = stream
+        self.alpn = alpn
         self.context = context
         self.hostname = hostname
         self.note = note
@@ -98,7 +102,11 @@ class StartTLS:
             if self.buffer:
                 self._fail("the server sent plaintext after its 220 reply")
                 return
-            self.stream.set_secure(self.context, server_hostname=self.hostname)
+            self.stream.set_secure(
+                self.context,
+                server_hostname=self.hostname,
+                alpn_protocols=None if self.alpn is None else list(self.alpn),
+            )
 
     def ended(self) -> None:
         """The server ended its side: before TLS, that aborts the dialogue."""
