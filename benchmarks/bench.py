@@ -36,6 +36,15 @@ Benchmarks:
 * ``idle``: the server's RSS growth per connection while it holds
   ``connections`` idle echo connections, opened by a client process.
 * ``tls``: ``bulk`` over TLS (trustme certificates).
+* ``handshake``: ``count`` sequential TLS 1.3 connections (TLS 1.3 only, on
+  both sides; the ``tls`` benchmark's certificates, the name ``localhost``
+  checked), each: connect, the handshake, send one byte, read its echo,
+  close (close_notify each way, then TCP's): handshakes/s. Two rows: full
+  handshakes (``handshake``), and each resuming the previous connection's
+  session (``handshake-resume``; the session is taken after the echo, as
+  TLS 1.3 tickets come after the handshake). Every run checks that none
+  resp. all of its handshakes resumed. A peer that cannot resume says so
+  (``UNSUPPORTED``) and the row shows n/a for it.
 """
 
 from __future__ import annotations
@@ -91,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--churn", type=int, help="churn connections (default 5000)")
     parser.add_argument("--idle", type=int, help="idle connections (default 10000)")
     parser.add_argument(
+        "--handshakes", type=int, help="TLS handshakes per handshake row run (default 1000)"
+    )
+    parser.add_argument(
         "--node-peer",
         type=Path,
         default=HERE / "node_peer.js",
@@ -126,13 +138,21 @@ def _suite(args: argparse.Namespace) -> Suite:
         overrides["bulk_bytes"] = args.bulk_mib << 20
     if args.tls_mib is not None:
         overrides["tls_bytes"] = args.tls_mib << 20
-    for name in ("rounds", "churn", "idle"):
+    for name in ("rounds", "churn", "idle", "handshakes"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     sizes = Sizes(**{**base.__dict__, **overrides})
     if (
         sizes.runs < 1
-        or min(sizes.bulk_bytes, sizes.tls_bytes, sizes.rounds, sizes.churn, sizes.idle) < 1
+        or min(
+            sizes.bulk_bytes,
+            sizes.tls_bytes,
+            sizes.rounds,
+            sizes.churn,
+            sizes.idle,
+            sizes.handshakes,
+        )
+        < 1
     ):
         raise SystemExit("sizes and --runs must be at least 1")
     peers = _split(args.peers, list(PEERS), "peer")
@@ -214,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rows": list(suite.results),
                     "results": suite.results,
                     "failures": suite.failures,
+                    "unsupported": suite.unsupported,
                     "notes": suite.notes,
                     "targets": [list(t) for t in targets(suite)],
                 },

@@ -52,6 +52,15 @@ def _fmt_ratio(ratio: float | None) -> str:
     return NONE if ratio is None else f"{ratio:.2f}{TIMES}"
 
 
+#: The cell of a peer that cannot do what a row measures (its client said UNSUPPORTED).
+NOT_APPLICABLE = "n/a"
+
+
+def _unsupported(suite: Suite, row: str, peer: str) -> str | None:
+    """Why *peer* cannot do what *row* measures, or ``None``."""
+    return suite.unsupported.get(row, {}).get(peer)
+
+
 def _machine() -> dict[str, str]:
     model = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
@@ -186,7 +195,10 @@ def markdown(suite: Suite, chart: str | None) -> str:
     out += [f"| implementation | {header} |", "|---" * (len(rows) + 1) + "|"]
     for peer in suite.peers:
         cells: list[str] = [
-            _fmt_ratio(_ratio(suite, row, peer, ROWS[row].main.key)) for row in rows
+            NOT_APPLICABLE
+            if _unsupported(suite, row, peer)
+            else _fmt_ratio(_ratio(suite, row, peer, ROWS[row].main.key))
+            for row in rows
         ]
         out.append(f"| {peer_name(peer)} | " + " | ".join(cells) + " |")
     out += ["", "Higher is better, except for idle memory."]
@@ -203,14 +215,20 @@ def markdown(suite: Suite, chart: str | None) -> str:
         ]
         for peer in suite.peers:
             failure = suite.failures.get(row_key, {}).get(peer)
+            unsupported = _unsupported(suite, row_key, peer)
             runs = suite.results[row_key].get(peer, [])
             cells = []
             for metric in row.metrics:
+                if unsupported:
+                    cells += [NOT_APPLICABLE, NOT_APPLICABLE]
+                    continue
                 cells.append(_fmt(_median(suite, row_key, peer, metric.key), metric.unit))
                 cells.append(_fmt_ratio(_ratio(suite, row_key, peer, metric.key)))
             per_run = ", ".join(_fmt(run[row.main.key]) for run in runs)
             if failure:
                 per_run += f" failed: {failure}"
+            if unsupported:
+                per_run = f"{NOT_APPLICABLE}: {unsupported}"
             out.append(f"| {peer_name(peer)} | " + " | ".join(cells) + f" | {per_run} |")
         out.append("")
     out += ["## How it was measured", ""]
@@ -236,6 +254,26 @@ def markdown(suite: Suite, chart: str | None) -> str:
         "`RLIMIT_NOFILE` raised to the hard limit); the difference divided by the count.",
         "- **TLS bulk**: bulk over TLS with `trustme` certificates; `ssl=` for "
         "trio_netstream, `trio.SSLStream` for raw trio, `ssl=` for asyncio, `tls` for Node.js.",
+        "- **TLS handshakes**: sequential connections, each: connect, a full TLS 1.3 "
+        "handshake, send 1 byte, read the echo, close: the client's close_notify, the "
+        "server's, then the TCP close (trio_netstream and Node.js: `end()` and the server's "
+        "`end()` on `'end'`; asyncio: `close()`; raw trio: `unwrap()`, then the server's "
+        "`aclose()`). TLS 1.3 only (minimum and maximum version) on both sides; the TLS "
+        "bulk row's certificates, one client context for all the connections, the name "
+        "`localhost` sent (SNI) and checked; `TCP_NODELAY` everywhere. Clients: "
+        "`create_connection(ssl=, server_hostname=)`, `trio.SSLStream` over "
+        "`open_tcp_stream`, asyncio's `ssl=` and `server_hostname=`, `tls.connect` with a "
+        "`secureContext` made once; servers as for TLS bulk. With **session resumption**, "
+        "each connection resumes the latest session: the one the connection before it got, "
+        "taken after the echo since TLS 1.3 tickets arrive after the handshake, or the one "
+        "it resumed if no new ticket came (Node.js's server sends none on resumption); an "
+        "untimed first connection makes the first. Resumption by: trio_netstream "
+        "`session=` / `get_session()`, Node.js "
+        "`session` / the `'session'` event, raw trio by setting `SSLStream.session` (which "
+        "it forwards to its `SSLObject`) before the handshake; asyncio has no session "
+        "option, so an `SSLContext` subclass passes the session to the `wrap_bio` call "
+        "asyncio makes. Every run checks `session_reused` (`isSessionReused()`): none "
+        "resumed in the full row, all in the other. n/a: the implementation cannot resume.",
         "- **servers**: trio_netstream uses Node-port style listeners (`on('data', "
         "stream.write)` echo, a counting `'data'` listener as the sink); raw trio uses "
         "`serve_tcp` handlers; Node.js runs `benchmarks/node_peer.js`.",
@@ -258,6 +296,10 @@ def _row_setup(suite: Suite, row: str) -> str:
         "churn": f"{s.churn:,} sequential connections.",
         "idle": f"{s.idle:,} concurrent idle connections.",
         "tls": f"{s.tls_bytes / 2**20:,.0f} MiB one way over TLS in {s.chunk // 1024} KiB writes.",
+        "handshake": f"{s.handshakes:,} sequential TLS 1.3 connections, each a full "
+        "handshake, a 1-byte echo and the close.",
+        "handshake-resume": f"{s.handshakes:,} sequential TLS 1.3 connections, each "
+        "resuming the previous one's session, a 1-byte echo and the close.",
     }[row]
 
 
@@ -291,7 +333,11 @@ def chart(suite: Suite, path: Path) -> bool:
             xs = [p + (i - (len(speed_rows) - 1) / 2) * width for p in range(len(peers))]
             label = ROWS[row].short
             bars = ax.bar(xs, values, width, label=label, color=colours[i % 10])
-            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+            texts = [
+                NOT_APPLICABLE if _unsupported(suite, row, peer) else f"{value:.2f}"
+                for peer, value in zip(peers, values, strict=True)
+            ]
+            ax.bar_label(bars, labels=texts, fontsize=7, padding=1)
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
         ax.set_xticks(range(len(peers)))
         ax.set_xticklabels([peer_name(p) for p in peers])

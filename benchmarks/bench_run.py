@@ -14,6 +14,11 @@ roles run as scripts, so ``sys.path[0]`` is this directory (which has no
 path entry comes after ``PYTHONPATH``. Each trio_netstream role reports the
 file it imported (``LIBRARY``), and a run whose file is not under the
 expected directory fails.
+
+A client that cannot do what a row measures (the resumption row with a
+``--baseline`` checkout older than the ``session`` option) says
+``UNSUPPORTED <reason>``: the row shows n/a for that peer, and its other
+runs of that row are skipped; that is not a failure.
 """
 
 from __future__ import annotations
@@ -32,7 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bench_spec import BASE_PEER, BENCHMARKS, HOST, BenchError, Sizes, peer_name
+from bench_spec import (
+    BASE_PEER,
+    BENCHMARKS,
+    HANDSHAKE_TLS,
+    HOST,
+    TLS_BENCHMARKS,
+    BenchError,
+    Sizes,
+    Unsupported,
+    peer_name,
+)
 
 HERE = Path(__file__).resolve().parent
 #: The checkout this harness belongs to: the ``trio_netstream`` peer measures its package.
@@ -65,13 +80,19 @@ class Lines:
         self.library: dict[str, str] | None = None
 
     def expect(self, prefix: str, timeout: float) -> str:
+        return self.expect_any((prefix,), timeout)[1]
+
+    def expect_any(self, prefixes: tuple[str, ...], timeout: float) -> tuple[str, str]:
+        """The first line starting with one of *prefixes*: that prefix, and the rest."""
+        prefix = " or ".join(prefixes)
         deadline = time.monotonic() + timeout
         while True:
             while b"\n" in self.buffer:
                 raw, self.buffer = self.buffer.split(b"\n", 1)
                 line = raw.decode(errors="replace").strip()
-                if line.startswith(prefix + " ") or line == prefix:
-                    return line[len(prefix) :].strip()
+                for each in prefixes:
+                    if line.startswith(each + " ") or line == each:
+                        return each, line[len(each) :].strip()
                 if line.startswith("LIBRARY "):
                     self.library = json.loads(line[len("LIBRARY ") :])
                 elif line:
@@ -111,6 +132,8 @@ class Suite:
         default_factory=dict[str, dict[str, list[dict[str, float]]]]
     )
     failures: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])
+    #: Per row, the peers whose client said ``UNSUPPORTED``, and why (n/a, not failures).
+    unsupported: dict[str, dict[str, str]] = field(default_factory=dict[str, dict[str, str]])
     cpus: list[int] = field(default_factory=list[int])
     load: list[float] = field(default_factory=list[float])
     #: The trio_netstream each trio_netstream peer imported: ``file`` and ``version``.
@@ -230,12 +253,21 @@ def _configs(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     s = suite.sizes
     bench = row.split("-")[0]
+    if bench == "tls":
+        row_tls = tls
+    elif bench == "handshake":
+        assert tls is not None
+        row_tls = {**tls, "version": HANDSHAKE_TLS}  # forced on both sides
+    else:
+        row_tls = None
     server: dict[str, Any] = {
         "mode": "sink" if bench in ("bulk", "tls") else "echo",
         "bytes": s.tls_bytes if bench == "tls" else s.bulk_bytes,
         "connections": s.idle if bench == "idle" else 0,
-        "no_delay": bench == "pingpong",
-        "tls": tls if bench == "tls" else None,
+        # The handshake rows' one-byte echo must not wait on Nagle (raw trio
+        # and asyncio have TCP_NODELAY by default, the others set it).
+        "no_delay": bench in ("pingpong", "handshake"),
+        "tls": row_tls,
     }
     client: dict[str, Any] = {
         "kind": "bulk" if bench == "tls" else bench,
@@ -246,7 +278,8 @@ def _configs(
         "chunk": s.chunk,
         "rounds": s.rounds,
         "size": s.message,
-        "count": s.churn,
+        "count": s.handshakes if bench == "handshake" else s.churn,
+        "resume": row == "handshake-resume",
         "connections": s.idle,
         "tls": server["tls"],
     }
@@ -278,7 +311,11 @@ def _measure(suite: Suite, row: str, peer: str, tls: dict[str, str] | None) -> d
                 "rss_after_kib": after,
             }
         else:
-            values = json.loads(client_out.expect("RESULT", suite.timeout))
+            said, text = client_out.expect_any(("RESULT", "UNSUPPORTED"), suite.timeout)
+            if said == "UNSUPPORTED":
+                _check_library(suite, peer, server_out, client_out)
+                raise Unsupported(text or "unsupported")
+            values = json.loads(text)
             if server.poll() is not None:
                 raise BenchError(
                     f"{peer_name(peer)} server exited during the run{server_out.tail()}"
@@ -299,20 +336,28 @@ def _describe(row: str, values: dict[str, float]) -> str:
         )
     if row == "churn":
         return f"{values['cps']:,.0f} conn/s"
+    if row.startswith("handshake"):
+        return f"{values['hps']:,.0f} handshakes/s ({values['resumed']:,.0f} resumed)"
     return f"{values['kib_per_conn']:,.2f} KiB/conn"
 
 
 @contextlib.contextmanager
 def _certificates(suite: Suite) -> Generator[dict[str, str] | None, None, None]:
-    if "tls" not in suite.benchmarks:
+    """The certificates of the TLS rows (one set for every implementation),
+    made with trustme; without trustme, those rows are skipped."""
+    needing = [bench for bench in TLS_BENCHMARKS if bench in suite.benchmarks]
+    if not needing:
         yield None
         return
     try:
         trustme: Any = importlib.import_module("trustme")
     except ImportError:
-        suite.notes.append("TLS bulk skipped: trustme is not installed (pip install trustme).")
+        suite.notes.append(
+            f"Skipped {', '.join(needing)}: trustme is not installed (pip install trustme)."
+        )
         progress("note: " + suite.notes[-1])
-        suite.benchmarks.remove("tls")
+        for bench in needing:
+            suite.benchmarks.remove(bench)
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="trio-netstream-bench-") as folder:
@@ -336,8 +381,7 @@ def run_suite(suite: Suite) -> None:
         progress("note: " + suite.notes[-1])
         rows.remove("pingpong-cross")
     with _certificates(suite) as tls:
-        if "tls" not in suite.benchmarks and "tls" in rows:
-            rows.remove("tls")
+        rows = [row for row in rows if row.split("-")[0] in suite.benchmarks]
         for row in rows:
             total = suite.sizes.runs * len(suite.peers)
             done = 0
@@ -346,10 +390,16 @@ def run_suite(suite: Suite) -> None:
                 for peer in suite.peers:  # interleaved: A B C ... A B C ...
                     done += 1
                     label = f"[{row} {done}/{total}] {peer_name(peer)} run {run}"
-                    if peer in suite.failures.get(row, {}):
+                    if peer in suite.failures.get(row, {}) or peer in suite.unsupported.get(
+                        row, {}
+                    ):
                         continue
                     try:
                         values = _measure(suite, row, peer, tls)
+                    except Unsupported as exc:
+                        suite.unsupported.setdefault(row, {})[peer] = str(exc)
+                        progress(f"{label}: n/a: {exc}")
+                        continue
                     except (BenchError, OSError, ValueError, subprocess.SubprocessError) as exc:
                         suite.failures.setdefault(row, {})[peer] = str(exc).splitlines()[0]
                         progress(f"{label}: FAILED: {exc}")

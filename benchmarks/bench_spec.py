@@ -12,6 +12,12 @@ from dataclasses import dataclass
 HOST = "127.0.0.1"
 TIMES, GE, LE, NONE = "\u00d7", "\u2265", "\u2264", "\u2013"  # times, >=, <=, en dash
 BACKLOG = 4096
+#: The name every TLS client checks the server's certificate against (and
+#: sends as SNI); trustme issues the certificate for it and for ``HOST``.
+TLS_NAME = "localhost"
+#: The one TLS version of the handshake rows, on both sides (Node.js's spelling;
+#: Python's ``ssl.TLSVersion`` member is the same with ``_`` for ``.``).
+HANDSHAKE_TLS = "TLSv1.3"
 #: Connections a client opens at once in the idle benchmark.
 IDLE_CONNECT_BATCH = 100
 
@@ -35,7 +41,10 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "churn": ("churn",),
     "idle": ("idle",),
     "tls": ("tls",),
+    "handshake": ("handshake", "handshake-resume"),
 }
+#: Benchmarks that need the TLS certificates (made with trustme).
+TLS_BENCHMARKS = ("tls", "handshake")
 
 
 def peer_name(peer: str) -> str:
@@ -95,6 +104,18 @@ ROWS: dict[str, Row] = {
         (Metric("kib_per_conn", "RSS per connection", "KiB", False),),
     ),
     "tls": Row("tls", "TLS bulk transfer (one way)", "TLS bulk", (_MBPS,)),
+    "handshake": Row(
+        "handshake",
+        "TLS 1.3 handshakes (full)",
+        "TLS handshake",
+        (Metric("hps", "handshakes/s", "hs/s", True),),
+    ),
+    "handshake-resume": Row(
+        "handshake-resume",
+        "TLS 1.3 handshakes (session resumption)",
+        "TLS resumption",
+        (Metric("hps", "handshakes/s", "hs/s", True),),
+    ),
 }
 
 
@@ -107,6 +128,7 @@ class Sizes:
     churn: int
     idle: int
     tls_bytes: int
+    handshakes: int
     runs: int
 
 
@@ -118,6 +140,7 @@ FULL = Sizes(
     churn=5_000,
     idle=10_000,
     tls_bytes=256 << 20,
+    handshakes=1_000,
     runs=5,
 )
 QUICK = Sizes(
@@ -128,6 +151,7 @@ QUICK = Sizes(
     churn=50,
     idle=100,
     tls_bytes=4 << 20,
+    handshakes=20,
     runs=1,
 )
 
@@ -160,3 +184,8 @@ TARGETS = (
 
 class BenchError(Exception):
     """A run failed: a role exited, timed out or printed something unexpected."""
+
+
+class Unsupported(Exception):
+    """A peer cannot do what a row measures (its client said ``UNSUPPORTED
+    <reason>``): the row shows n/a for it, which is not a failure."""

@@ -9,6 +9,8 @@
 // until its stdin is closed. A client reads the server's port as the first
 // line of its stdin. See the module docstring of bench.py for what
 // each benchmark does; this file does the same with Node's `net` and `tls`.
+// (A client that cannot do what a row measures prints "UNSUPPORTED
+// <reason>" instead of RESULT; this one can do every row.)
 'use strict';
 
 const fs = require('fs');
@@ -16,6 +18,7 @@ const net = require('net');
 const tls = require('tls');
 
 const HOST = '127.0.0.1';
+const TLS_NAME = 'localhost'; // bench_spec.TLS_NAME
 const BACKLOG = 4096;
 const IDLE_CONNECT_BATCH = 100;
 
@@ -47,6 +50,13 @@ function connect(onConnect) {
   return net.connect({ host: HOST, port: cfg.port }, onConnect);
 }
 
+// The one TLS version of the handshake rows (cfg.tls.version), on both sides.
+function versions() {
+  return cfg.tls && cfg.tls.version
+    ? { minVersion: cfg.tls.version, maxVersion: cfg.tls.version }
+    : {};
+}
+
 function server() {
   const sink = cfg.mode === 'sink';
   let accepted = 0;
@@ -73,6 +83,7 @@ function server() {
           key: fs.readFileSync(cfg.tls.key),
           cert: fs.readFileSync(cfg.tls.cert),
           allowHalfOpen: true,
+          ...versions(),
         },
         onConnection,
       )
@@ -156,6 +167,52 @@ async function churn() {
   result({ cps: cfg.count / seconds(start) });
 }
 
+// One connection of the handshake rows: the handshake, a byte and its echo,
+// end() (close_notify and FIN), then the server's end and the close.
+// Resolves to [resumed, session]: the session is the latest ticket's (TLS 1.3
+// tickets come after the handshake, before the echo), or null if none came;
+// asked for only when resuming (a 'session' listener makes Node deliver them).
+function handshakeOne(context, session) {
+  return new Promise((resolve, reject) => {
+    const options = { host: HOST, port: cfg.port, servername: TLS_NAME, secureContext: context };
+    if (session) options.session = session;
+    const socket = tls.connect(options, () => socket.write('x'));
+    socket.setNoDelay(true);
+    let latest = null;
+    let resumed = null;
+    if (cfg.resume) socket.on('session', (ticket) => (latest = ticket));
+    socket.once('data', (data) => {
+      if (data.toString() === 'x') resumed = socket.isSessionReused();
+      socket.end();
+    });
+    socket.on('close', () =>
+      resumed === null ? reject(new Error('no echo')) : resolve([resumed, latest]),
+    );
+    socket.on('error', reject);
+  });
+}
+
+async function handshake() {
+  const context = tls.createSecureContext({ ca: fs.readFileSync(cfg.tls.ca), ...versions() });
+  let session = null;
+  if (cfg.resume) [, session] = await handshakeOne(context, null); // untimed: the first session
+  let resumed = 0;
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < cfg.count; i++) {
+    const [reused, ticket] = await handshakeOne(context, session);
+    if (reused) resumed += 1;
+    // A resumed connection may bring no new ticket (Node's server sends none):
+    // then the session it resumed is still the latest.
+    if (cfg.resume && ticket) session = ticket;
+  }
+  const elapsed = seconds(start);
+  const expected = cfg.resume ? cfg.count : 0;
+  if (resumed !== expected) {
+    throw new Error(`${resumed} of ${cfg.count} handshakes resumed a session, not ${expected}`);
+  }
+  result({ hps: cfg.count / elapsed, resumed });
+}
+
 function idle() {
   const held = [];
   let connected = 0;
@@ -181,7 +238,7 @@ function idle() {
 }
 
 function client() {
-  const kinds = { bulk, pingpong, churn, idle };
+  const kinds = { bulk, pingpong, churn, idle, handshake };
   const run = kinds[cfg.kind];
   if (!run) fail(new Error('unknown client kind ' + cfg.kind));
   // The orchestrator sends the port on stdin once the server listens, and

@@ -1,5 +1,12 @@
 """The asyncio roles: Protocol (callbacks, ``pause_writing``) and Streams
-(``StreamReader`` / ``StreamWriter``, ``await drain()``)."""
+(``StreamReader`` / ``StreamWriter``, ``await drain()``).
+
+asyncio takes no TLS session to resume (``create_connection`` and
+``open_connection`` have no such option). The resumption row gives it one
+the only way there is: an ``ssl.SSLContext`` subclass whose ``wrap_bio``
+(which asyncio's SSL protocol calls to make its ``SSLObject``) passes the
+session, as ``wrap_bio``'s own ``session`` parameter allows. Each run
+checks that every timed handshake did resume (``session_reused``)."""
 
 from __future__ import annotations
 
@@ -8,11 +15,13 @@ import contextlib
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH
+from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, TLS_NAME, BenchError
 from peer_common import (
     Announcer,
+    check_resumed,
     client_ssl,
     hold_then_exit,
     latency_summary,
@@ -26,6 +35,62 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _SessionContext(ssl.SSLContext):
+    """A client context that resumes :attr:`next_session` (if set) in each
+    ``SSLObject`` it makes."""
+
+    next_session: ssl.SSLSession | None = None
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if session is None:
+            session = self.next_session
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+
+def _handshake_context(cfg: dict[str, Any]) -> ssl.SSLContext:
+    """The client context of the handshake rows: one for all the connections
+    (a session resumes only in the context it came from)."""
+    return client_ssl(cfg["tls"], _SessionContext if cfg["resume"] else ssl.SSLContext)
+
+
+async def _handshakes(
+    cfg: dict[str, Any], one: Callable[[ssl.SSLContext], Awaitable[tuple[bool, ssl.SSLSession]]]
+) -> None:
+    """Time *one* (a connection: handshake, echo, close; it returns whether
+    it resumed and its session) ``count`` times, each resuming the previous
+    connection's session in the resumption row."""
+    count: int = cfg["count"]
+    resume: bool = cfg["resume"]
+    context = _handshake_context(cfg)
+    resumed = 0
+    if resume:
+        assert isinstance(context, _SessionContext)
+        _, context.next_session = await one(context)  # untimed: the first session to resume
+    start = time.perf_counter()
+    for _ in range(count):
+        reused, session = await one(context)
+        resumed += reused
+        if isinstance(context, _SessionContext):
+            context.next_session = session  # TLS 1.3: its tickets came before the echo
+    elapsed = time.perf_counter() - start
+    check_resumed(resume, resumed, count)
+    result(hps=count / elapsed, resumed=resumed)
+
+
+def _session_of(ssl_object: object) -> tuple[bool, ssl.SSLSession]:
+    assert isinstance(ssl_object, ssl.SSLObject)
+    session = ssl_object.session
+    assert session is not None
+    return ssl_object.session_reused, session
 
 
 # -- asyncio Protocol ------------------------------------------------------------
@@ -212,11 +277,50 @@ async def _protocol_idle(port: int, cfg: dict[str, Any]) -> None:
     hold_then_exit()
 
 
+async def _protocol_handshake(port: int, cfg: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+
+    class Handshake(asyncio.Protocol):
+        transport: asyncio.Transport
+        state: tuple[bool, ssl.SSLSession] | None = None
+
+        def __init__(self) -> None:
+            self.closed: asyncio.Future[None] = loop.create_future()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport  # after the handshake
+            transport.write(b"x")
+
+        def data_received(self, data: bytes) -> None:
+            if data == b"x":
+                self.state = _session_of(self.transport.get_extra_info("ssl_object"))
+            self.transport.close()  # close_notify, the server's, then the TCP close
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if exc is not None:
+                self.closed.set_exception(exc)
+            else:
+                self.closed.set_result(None)
+
+    async def one(context: ssl.SSLContext) -> tuple[bool, ssl.SSLSession]:
+        _, handshake = await loop.create_connection(
+            Handshake, HOST, port, ssl=context, server_hostname=TLS_NAME
+        )
+        await handshake.closed
+        if handshake.state is None:
+            raise BenchError("no echo")
+        return handshake.state
+
+    await _handshakes(cfg, one)
+
+
 _PROTOCOL_KINDS = {
     "bulk": _protocol_bulk,
     "pingpong": _protocol_pingpong,
     "churn": _protocol_churn,
     "idle": _protocol_idle,
+    "handshake": _protocol_handshake,
 }
 
 
@@ -338,9 +442,28 @@ async def _streams_idle(port: int, cfg: dict[str, Any]) -> None:
     hold_then_exit()
 
 
+async def _streams_handshake(port: int, cfg: dict[str, Any]) -> None:
+    async def one(context: ssl.SSLContext) -> tuple[bool, ssl.SSLSession]:
+        reader, writer = await asyncio.open_connection(
+            HOST, port, ssl=context, server_hostname=TLS_NAME
+        )
+        writer.write(b"x")
+        await writer.drain()
+        echo = await reader.readexactly(1)
+        if echo != b"x":
+            raise BenchError(f"echo {echo!r}, not b'x'")
+        state = _session_of(writer.get_extra_info("ssl_object"))
+        writer.close()  # close_notify, the server's, then the TCP close
+        await writer.wait_closed()
+        return state
+
+    await _handshakes(cfg, one)
+
+
 _STREAMS_KINDS = {
     "bulk": _streams_bulk,
     "pingpong": _streams_pingpong,
     "churn": _streams_churn,
     "idle": _streams_idle,
+    "handshake": _streams_handshake,
 }

@@ -1,6 +1,7 @@
 """What every Python role shares: the line protocol's output, the file
 limit, the idle client's hold, TLS contexts from the orchestrator's files,
-latency percentiles and the server's connection count."""
+the handshake rows' resumption check, latency percentiles and the server's
+connection count."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import resource
 import ssl
 import sys
+
+from bench_spec import BenchError
 
 
 def say(line: str) -> None:
@@ -42,14 +45,36 @@ def hold_then_exit() -> None:
     os._exit(0)
 
 
-def server_ssl(tls: dict[str, str]) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tls["cert"], tls["key"])
+def _pin_version(context: ssl.SSLContext, tls: dict[str, str]) -> ssl.SSLContext:
+    """Only ``tls["version"]`` (``"TLSv1.3"``), when the row asks for one."""
+    if tls.get("version"):
+        version = ssl.TLSVersion[tls["version"].replace(".", "_")]
+        context.minimum_version = context.maximum_version = version
     return context
 
 
-def client_ssl(tls: dict[str, str]) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=tls["ca"])
+def server_ssl(tls: dict[str, str]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls["cert"], tls["key"])
+    return _pin_version(context, tls)
+
+
+def client_ssl(
+    tls: dict[str, str], context_class: type[ssl.SSLContext] = ssl.SSLContext
+) -> ssl.SSLContext:
+    """What ``ssl.create_default_context(cafile=...)`` makes (certificate and
+    host name checked), as an instance of *context_class*."""
+    context = context_class(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=tls["ca"])
+    return _pin_version(context, tls)
+
+
+def check_resumed(resume: bool, resumed: int, count: int) -> None:
+    """The handshake rows measure what they say: with ``resume``, every timed
+    handshake resumed the previous connection's session; without, none did."""
+    expected = count if resume else 0
+    if resumed != expected:
+        raise BenchError(f"{resumed} of {count} handshakes resumed a session, not {expected}")
 
 
 def latency_summary(rounds: int, elapsed: float, latencies_ns: list[int]) -> dict[str, float]:

@@ -1,21 +1,25 @@
 """The trio_netstream roles, written Node-port style (listeners).
 
 The ``trio_netstream@base`` peer runs these same functions, in processes
-whose ``import trio_netstream`` finds the baseline checkout first.
+whose ``import trio_netstream`` finds the baseline checkout first. Such a
+checkout may predate an option a row uses: the client then says
+``UNSUPPORTED <reason>`` (the row shows n/a) rather than failing.
 """
 
 from __future__ import annotations
 
 import functools
+import ssl
 import time
 from typing import Any
 
 import trio
 
 import trio_netstream as net
-from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH
+from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, TLS_NAME, BenchError
 from peer_common import (
     Announcer,
+    check_resumed,
     client_ssl,
     hold_then_exit,
     latency_summary,
@@ -180,4 +184,59 @@ async def _idle(port: int, cfg: dict[str, Any]) -> None:
         hold_then_exit()
 
 
-_KINDS = {"bulk": _bulk, "pingpong": _pingpong, "churn": _churn, "idle": _idle}
+#: Whether this trio_netstream has the ``session`` option (and ``get_session()``,
+#: ``is_session_reused()``): a ``--baseline`` checkout may predate them.
+_HAS_SESSION = hasattr(net.Stream, "get_session")
+
+
+async def _handshake(port: int, cfg: dict[str, Any]) -> None:
+    count: int = cfg["count"]
+    resume: bool = cfg["resume"]
+    if resume and not _HAS_SESSION:
+        say("UNSUPPORTED this trio_netstream has no session option (Stream.get_session)")
+        return
+    context = client_ssl(cfg["tls"])
+    session: ssl.SSLSession | None = None
+    resumed = echoed = 0
+
+    async def one() -> None:
+        options: dict[str, Any] = {"ssl": context, "server_hostname": TLS_NAME, "no_delay": True}
+        if session is not None:
+            options["session"] = session
+        stream = net.create_connection(port, HOST, **options)
+
+        def on_echo(data: bytes) -> None:
+            nonlocal session, resumed, echoed
+            echoed += data == b"x"
+            if _HAS_SESSION:
+                resumed += stream.is_session_reused()
+                if resume:  # TLS 1.3: the tickets came after the handshake, before the echo
+                    session = stream.get_session()
+            stream.end()
+
+        stream.on("secure", functools.partial(stream.write, b"x"))
+        stream.once("data", on_echo)
+        async with stream:
+            pass
+
+    if resume:
+        await one()  # untimed: the first session to resume
+        resumed = echoed = 0
+    start = time.perf_counter()
+    for _ in range(count):
+        await one()
+    elapsed = time.perf_counter() - start
+    if echoed != count:
+        raise BenchError(f"{echoed} of {count} connections echoed the byte")
+    if _HAS_SESSION:
+        check_resumed(resume, resumed, count)
+    result(hps=count / elapsed, resumed=resumed)
+
+
+_KINDS = {
+    "bulk": _bulk,
+    "pingpong": _pingpong,
+    "churn": _churn,
+    "idle": _idle,
+    "handshake": _handshake,
+}

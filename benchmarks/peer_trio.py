@@ -1,17 +1,23 @@
 """The raw trio roles (``trio.SocketStream`` / ``trio.SSLStream``): the
-baseline every figure is given as a ratio to."""
+baseline every figure is given as a ratio to.
+
+``trio.SSLStream`` takes no session to resume, but forwards the attributes
+of its ``ssl.SSLObject``, reads and writes: ``stream.session = ...`` before
+the first I/O (the handshake) resumes one, as ``SSLObject.session`` does."""
 
 from __future__ import annotations
 
 import functools
+import ssl
 import time
 from typing import Any
 
 import trio
 
-from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, BenchError
+from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, TLS_NAME, BenchError
 from peer_common import (
     Announcer,
+    check_resumed,
     client_ssl,
     hold_then_exit,
     latency_summary,
@@ -41,6 +47,9 @@ async def trio_server(cfg: dict[str, Any]) -> None:
             else:
                 while data := await stream.receive_some(65536):
                     await stream.send_all(data)
+                # Over TLS, a close_notify back (serve_tcp would close
+                # the stream without one); over TCP, the same close.
+                await stream.aclose()
         except trio.BrokenResourceError:
             pass
 
@@ -139,4 +148,47 @@ async def _idle(port: int, cfg: dict[str, Any]) -> None:
     hold_then_exit()
 
 
-_KINDS = {"bulk": _bulk, "pingpong": _pingpong, "churn": _churn, "idle": _idle}
+async def _handshake(port: int, cfg: dict[str, Any]) -> None:
+    count: int = cfg["count"]
+    resume: bool = cfg["resume"]
+    context = client_ssl(cfg["tls"])
+    session: ssl.SSLSession | None = None
+    resumed = 0
+
+    async def one() -> None:
+        nonlocal session, resumed
+        tcp = await trio.open_tcp_stream(HOST, port)  # TCP_NODELAY by default
+        stream = trio.SSLStream(tcp, context, server_hostname=TLS_NAME)
+        if session is not None:
+            stream.session = session  # forwarded to the SSLObject, before the handshake
+        await stream.send_all(b"x")  # the handshake first
+        echo = await stream.receive_some(1)
+        if echo != b"x":
+            await tcp.aclose()
+            raise BenchError(f"echo {echo!r}, not b'x'")
+        resumed += stream.session_reused
+        if resume:  # TLS 1.3: the tickets came after the handshake, before the echo
+            session = stream.session
+        # Our close_notify, then the server's (as the other clients wait for
+        # the server's end), then the TCP close.
+        transport, _ = await stream.unwrap()
+        await transport.aclose()
+
+    if resume:
+        await one()  # untimed: the first session to resume
+        resumed = 0
+    start = time.perf_counter()
+    for _ in range(count):
+        await one()
+    elapsed = time.perf_counter() - start
+    check_resumed(resume, resumed, count)
+    result(hps=count / elapsed, resumed=resumed)
+
+
+_KINDS = {
+    "bulk": _bulk,
+    "pingpong": _pingpong,
+    "churn": _churn,
+    "idle": _idle,
+    "handshake": _handshake,
+}

@@ -9,7 +9,8 @@ The line protocol on stdout: a server prints ``READY <port>`` once listening
 (and ``ACCEPTED <n>`` once it holds the idle benchmark's *n* connections); a
 client reads the port from its first line of stdin, then prints
 ``RESULT <json>``, or ``CONNECTED <n>`` for the idle benchmark, where it then
-holds its connections until its stdin is closed. A trio_netstream role first
+holds its connections until its stdin is closed, or ``UNSUPPORTED <reason>``
+when it cannot do what the row measures (the row shows n/a for it). A trio_netstream role first
 prints ``LIBRARY <json>``: the ``__file__`` and ``__version__`` of the
 trio_netstream it imported, which the orchestrator checks.
 """
