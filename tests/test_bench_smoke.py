@@ -35,7 +35,16 @@ def _available_peers() -> list[str]:
 
 
 def _expected_rows() -> list[str]:
-    rows = ["bulk", "pingpong-cross", "pingpong-same", "churn", "idle", "tls"]
+    rows = [
+        "bulk",
+        "pingpong-cross",
+        "pingpong-same",
+        "churn",
+        "idle",
+        "tls",
+        "handshake",
+        "handshake-resume",
+    ]
     if len(os.sched_getaffinity(0)) < 2:
         rows.remove("pingpong-cross")
     return rows
@@ -85,6 +94,8 @@ def test_quick_run_measures_every_benchmark_for_every_available_peer(tmp_path: P
         "churn": "cps",
         "idle": "kib_per_conn",
         "tls": "mbps",
+        "handshake": "hps",
+        "handshake-resume": "hps",
     }
     for row in rows:
         assert sorted(data["results"][row]) == sorted(peers), row

@@ -677,12 +677,6 @@ async def test_shared_contexts_are_unchanged_after_alpn_handshakes(
         assert context_state(client_ctx) == client_state
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a server's alpn_protocols are set only on the context the stream "
-    "started with; a caller's sni_callback that switches ssl_object.context leaves the new "
-    "context's (empty) ALPN choice in force, so no protocol is agreed",
-)
 async def test_alpn_of_the_server_survives_an_sni_callback_that_switches_context(
     certs: Certs, version: ssl.TLSVersion
 ) -> None:
@@ -841,11 +835,6 @@ async def test_nothing_before_the_handshake_and_on_plaintext_streams(
         assert served.sides[0].before == NOTHING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a client's servername gives the server_hostname from the moment "
-    "the upgrade is requested (ssl=: at 'connect'), not None until the handshake is done",
-)
 async def test_client_servername_is_none_before_the_handshake(
     certs: Certs, version: ssl.TLSVersion
 ) -> None:
@@ -887,11 +876,6 @@ async def test_session_resumption(certs: Certs, version: ssl.TLSVersion, mode: s
         assert resumed.secure["cipher"] == first.secure["cipher"]  # type: ignore[index]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: verify_peer() is False (NO_PEER_CERTIFICATE) on a resumed session, "
-    "whose peer sends no certificate; _tls._chain() reads only get_unverified_chain()",
-)
 async def test_a_resumed_session_still_verifies_the_peer(
     certs: Certs, version: ssl.TLSVersion
 ) -> None:
@@ -1025,11 +1009,6 @@ async def test_session_is_refused_by_servers(certs: Certs, version: ssl.TLSVersi
         assert got == [b"plain"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: create_server(ssl=<server context>, session=...) raises ssl.SSLError "
-    "(check_session wraps a client BIO with the server context) instead of ValueError",
-)
 async def test_session_with_ssl_is_refused_by_create_server(
     certs: Certs, version: ssl.TLSVersion
 ) -> None:
@@ -1625,12 +1604,6 @@ async def test_a_server_with_cas_requires_a_client_certificate_by_default(
         assert context_state(server_ctx) == state
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: with CERT_OPTIONAL and no client certificate, CPython's "
-    "get_unverified_chain() returns [None]; _tls._chain() calls None.public_bytes(): "
-    "AttributeError in the connection task, which fails the whole server block",
-)
 async def test_a_server_with_reject_unauthorized_false_lets_a_client_without_certificate_in(
     certs: Certs, version: ssl.TLSVersion, mode: str
 ) -> None:

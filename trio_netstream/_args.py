@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 DEFAULT_HOST = "127.0.0.1"
-_LISTEN_DEFAULTS: dict[str, object] = {"backlog": 511, "reuse_port": False}
+_LISTEN_DEFAULTS: dict[str, object] = {"backlog": 511, "reuse_port": False, "ipv6_only": False}
 _ADDRESS_KEYS = ("port", "host", "path")
 
 
@@ -110,26 +110,27 @@ def connect_arguments(port: object, host: object, listener: object) -> Address:
 
 
 def listen_arguments(
-    port: object, host: object, listener: object, backlog: object, reuse_port: object
-) -> tuple[Address, object, object]:
+    port: object, host: object, listener: object, keywords: Mapping[str, object]
+) -> tuple[Address, dict[str, object]]:
     """``listen()``: ``([port][, host][, listener])``, ``(path[, listener])``
-    or ``(options[, listener])``; and the ``backlog`` and ``reuse_port``
-    (Node's ``reusePort``), from the options dict if it has them."""
+    or ``(options[, listener])``; and its keyword arguments (``backlog``,
+    ``reuse_port``, ``ipv6_only``), from the options dict if it has them
+    (Node's ``reusePort``, ``ipv6Only``)."""
     if callable(port) and host is None and listener is None:
         port, listener = 0, port
     host, chosen = _listener(host, listener, None)
+    merged = dict(keywords)
     if not isinstance(port, Mapping):
-        return Address(numeric_port(port), host, chosen), backlog, reuse_port
+        return Address(numeric_port(port), host, chosen), merged
     if host is not None:
         raise TypeError("with an options dict, give the host in it")
     where, options = split_options(cast("Mapping[object, object]", port))
     check_option_names(options, _LISTEN_DEFAULTS, "listen()")
-    keywords = {"backlog": backlog, "reuse_port": reuse_port}
     for name, value in options.items():
-        if keywords[name] != _LISTEN_DEFAULTS[name]:
+        if merged[name] != _LISTEN_DEFAULTS[name]:
             raise TypeError(f"the option {name!r} is given twice")
-        keywords[name] = value
-    return _address(where, None, chosen), keywords["backlog"], keywords["reuse_port"]
+        merged[name] = value
+    return _address(where, None, chosen), merged
 
 
 def merge_options(given: Mapping[str, Any], keywords: Mapping[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from ._writer import kick_writer, let_a_failing_send_report, wait_writer_finishe
 if TYPE_CHECKING:
     from ._flow import Flow
     from ._options import StreamOptions
+    from ._proxy import ProxyHeader
     from ._timer import Timer
     from ._tls import TLSTransport, Verification
     from ._writer import Writer
@@ -167,6 +168,7 @@ class Connection:
         "over",
         "owner",
         "peer",
+        "proxy",
         "read_stopped",
         "reader_task",
         "resume_lot",
@@ -204,6 +206,7 @@ class Connection:
         # Set while write() may hand bytes to the kernel itself (try-write).
         self.direct = transport if isinstance(transport, SocketTransport) else None
         self.upgrade: Upgrade | None = None
+        self.proxy: ProxyHeader | None = None  # a server's PROXY protocol header
         self.error: BaseException | None = None
         self.destroyed = False  # destroy() without an error
         self.stopped = False  # destroy() or a failure: the I/O is cancelled

@@ -113,7 +113,7 @@ def _listen_unix(path: str, backlog: int) -> _stdlib_socket.socket:
 
 
 def _listen_tcp(
-    family: int, address: Any, backlog: int, *, reuse_port: bool, dual_stack: bool
+    family: int, address: Any, backlog: int, *, reuse_port: bool, ipv6_only: bool
 ) -> _stdlib_socket.socket:
     listener = _stdlib_socket.socket(family, _stdlib_socket.SOCK_STREAM)
     listener.setblocking(False)
@@ -121,8 +121,8 @@ def _listen_tcp(
         listener.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
         if reuse_port:
             listener.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
-        if family == _stdlib_socket.AF_INET6 and dual_stack:
-            listener.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 0)
+        if family == _stdlib_socket.AF_INET6:  # "::" takes IPv4 too, unless ipv6_only
+            listener.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, ipv6_only)
         listener.bind(address)
         listener.listen(backlog)
     except BaseException:
@@ -131,13 +131,16 @@ def _listen_tcp(
     return listener
 
 
-async def _passive_candidates(host: str | None, port: int) -> list[tuple[int, Any]]:
+async def _passive_candidates(
+    host: str | None, port: int, ipv6_only: bool
+) -> list[tuple[int, Any]]:
     """Where to listen: every address (IPv6 first, dual stack) or *host*'s."""
     if host is None:
         candidates: list[tuple[int, Any]] = []
         if _stdlib_socket.has_ipv6:
             candidates.append((_stdlib_socket.AF_INET6, ("::", port)))
-        candidates.append((_stdlib_socket.AF_INET, ("0.0.0.0", port)))
+        if not ipv6_only:
+            candidates.append((_stdlib_socket.AF_INET, ("0.0.0.0", port)))
         return candidates
     infos = await getaddrinfo_named(host, port, flags=_stdlib_socket.AI_PASSIVE)
     return [(family, address) for family, _, _, _, address in infos]
@@ -149,6 +152,7 @@ async def bind_listener(
     backlog: int,
     reuse_port: bool,
     sock: _stdlib_socket.socket | None,
+    ipv6_only: bool = False,
 ) -> _stdlib_socket.socket:
     """A bound, listening, non-blocking stdlib socket (accepted from directly):
     *sock* adopted, a UNIX path, or the first TCP candidate that binds.
@@ -169,11 +173,9 @@ async def bind_listener(
             raise _listen_error(exc, path)  # with exc as its cause
     assert isinstance(port, int)
     last_error: OSError | None = None
-    for family, address in await _passive_candidates(host, port):
+    for family, address in await _passive_candidates(host, port, ipv6_only):
         try:
-            return _listen_tcp(
-                family, address, backlog, reuse_port=reuse_port, dual_stack=host is None
-            )
+            return _listen_tcp(family, address, backlog, reuse_port=reuse_port, ipv6_only=ipv6_only)
         except OSError as exc:
             last_error = _listen_error(exc, f"{address[0]}:{address[1]}")
             if exc.errno == errno.EADDRINUSE:

@@ -224,6 +224,7 @@ class ServerOptions:
 
     stream: StreamOptions
     max_connections: int | None = attrs.field(default=None, validator=_check_max)
+    proxy_protocol: bool = attrs.field(default=False, validator=_bool("proxy_protocol"))
 
     def __attrs_post_init__(self) -> None:
         if self.stream.ssl is True:
@@ -248,6 +249,8 @@ CLIENT_ONLY = (
 SERVER_OPTION_NAMES = (
     *(name for name in STREAM_OPTION_NAMES if name not in CLIENT_ONLY),
     "max_connections",
+    "proxy_protocol",
+    "proxy_trusted",
 )
 
 #: Node's spelling of the options this library has (an options dict takes
@@ -261,6 +264,7 @@ NODE_OPTION_NAMES = {
     "servername": "server_hostname",
     "maxConnections": "max_connections",
     "reusePort": "reuse_port",
+    "ipv6Only": "ipv6_only",
     "rejectUnauthorized": "reject_unauthorized",
     "ALPNProtocols": "alpn_protocols",
     "handshakeTimeout": "handshake_timeout",
@@ -294,13 +298,24 @@ def check_option_names(given: Iterable[str], known: Iterable[str], what: str) ->
         raise TypeError(message)
 
 
-def server_options(options: Mapping[str, Any], max_connections: int | None) -> ServerOptions:
+def server_options(
+    options: Mapping[str, Any], max_connections: int | None, proxy_protocol: bool = False
+) -> ServerOptions:
     """A server's options; a connecting option (a client's) is a ``ValueError``."""
     for name in CLIENT_ONLY:
         if name in options:
             raise ValueError(f"{name} is a client option (how a stream connects)")
+    session = options.get("session")
+    if session is not None:
+        if not isinstance(session, _ssl.SSLSession):
+            raise TypeError(f"session must be an ssl.SSLSession, not {type(session).__name__}")
+        raise ValueError("session is a client option (a session to resume)")
     check_option_names(options, SERVER_OPTION_NAMES, "server")
-    return ServerOptions(stream=StreamOptions(**options), max_connections=max_connections)
+    return ServerOptions(
+        stream=StreamOptions(**options),
+        max_connections=max_connections,
+        proxy_protocol=proxy_protocol,
+    )
 
 
 def stream_options(options: Mapping[str, Any]) -> StreamOptions:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._connection import Connection, Owner, Upgrade
     from ._flow import Flow
     from ._options import StreamOptions
+    from ._proxy import ProxyHeader
 
 __all__ = ["StreamProperties"]
 
@@ -97,6 +98,13 @@ class StreamProperties(TypedEvents):
     def local_port(self) -> int | None:
         """This side's port (``None`` for UNIX sockets and before connecting)."""
         return None if self._conn is None else local_address(self._conn)[1]
+
+    @property
+    def proxy(self) -> ProxyHeader | None:
+        """The PROXY protocol header a server with ``proxy_protocol`` read
+        before ``'connection'`` (``remote_address`` and ``remote_port`` are
+        its client's), else ``None``."""
+        return None if self._conn is None else self._conn.proxy
 
     def address(self) -> tuple[str, int] | str | None:
         """This side's address as ``server.address()`` gives it: ``(host,
@@ -217,13 +225,13 @@ class StreamProperties(TypedEvents):
     def servername(self) -> str | None:
         """On a server stream, the name the client sent (SNI; ``None`` if it
         sent none); on a client, the name it sent and verified; ``None``
-        on a plaintext stream."""
+        before the handshake and on a plaintext stream."""
         upgrade = self._upgrade
-        if upgrade is None:
-            return None
+        if upgrade is None or upgrade.tls is None:
+            return None  # before the handshake, as Node
         if not upgrade.server_side:
             return upgrade.server_hostname
-        choices = None if upgrade.tls is None else upgrade.tls.choices
+        choices = upgrade.tls.choices
         return None if choices is None else choices.servername
 
     def __repr__(self) -> str:

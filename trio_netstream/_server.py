@@ -18,43 +18,33 @@ nobody listens for it, is logged: one bad peer cannot bring a server down.
 
 from __future__ import annotations
 
-import errno
-import logging
+import ipaddress
+import math
 import os
 import socket as _stdlib_socket
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, cast, overload
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import attrs
 import trio
 
+from ._accepting import Accepting, ConnectionListener, ServerOwner
 from ._args import listen_arguments
 from ._block import Block
-from ._connection import TASK_NAME
 from ._dial import bind_listener, listener_address
-from ._emitter import EventEmitter
-from ._errors import StreamStateError, TransportError, translate, transport_errors
-from ._handlers import serve_with_handlers, start_handlers
-from ._options import check_port, is_path, server_options
-from ._socket import SocketTransport
-from ._stream import Accepted, Stream
+from ._errors import StreamStateError, TransportError, transport_errors
+from ._options import check_number, check_port, is_path, server_options
+from ._proxy import trusted_networks
+from ._stream import Stream
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from typing_extensions import Self
 
-    from ._connection import Connection
 
-__all__ = ["Server"]
+__all__ = ["ConnectionListener", "Server"]
 
-logger = logging.getLogger("trio_netstream")
-
-# accept() failures that mean "out of resources right now": wait and retry.
-_RETRY_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_RETRY_DELAY = 0.1
-
-ConnectionListener = Callable[[Stream], object]
 ListeningListener = Callable[[], object]
 
 
@@ -66,108 +56,34 @@ class _Listen:
     host: str | None
     backlog: int
     reuse_port: bool
+    ipv6_only: bool
 
 
 def _check_listen_arguments(
-    port: object, host: object, backlog: object, reuse_port: object, sock: object
+    port: object, host: object, keywords: dict[str, object], sock: object
 ) -> _Listen:
+    backlog, reuse_port, ipv6_only = (keywords[k] for k in ("backlog", "reuse_port", "ipv6_only"))
     if isinstance(backlog, bool) or not isinstance(backlog, int):
         raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
-    if not isinstance(reuse_port, bool):
-        raise TypeError(f"reuse_port must be a bool, not {type(reuse_port).__name__}")
+    for name, flag in (("reuse_port", reuse_port), ("ipv6_only", ipv6_only)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, not {type(flag).__name__}")
+    flags = (cast(bool, reuse_port), cast(bool, ipv6_only))
     if sock is not None:
         if not isinstance(sock, _stdlib_socket.socket):
             raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
         if sock.type != _stdlib_socket.SOCK_STREAM:
             raise ValueError("sock must be a SOCK_STREAM socket")
-        return _Listen(0, None, backlog, reuse_port)
+        return _Listen(0, None, backlog, *flags)
     if is_path(port):
-        return _Listen(cast("str | os.PathLike[str]", port), None, backlog, reuse_port)
+        return _Listen(cast("str | os.PathLike[str]", port), None, backlog, *flags)
     checked = check_port(port, allow_zero=True)
     if host is not None and not isinstance(host, str):
         raise TypeError(f"host must be a str or None, not {type(host).__name__}")
-    return _Listen(checked, host, backlog, reuse_port)
+    return _Listen(checked, host, backlog, *flags)
 
 
-class _ServerOwner:
-    """The owner of the streams a server accepted: the server's block."""
-
-    __slots__ = ("_done", "_failed", "_server")
-
-    def __init__(
-        self,
-        failed: Callable[[BaseException], None],
-        done: Callable[[object], None],
-        server: EventEmitter,
-    ) -> None:
-        self._failed = failed
-        self._done = done
-        self._server = server
-
-    def listener_failed(self, exc: BaseException) -> None:
-        self._failed(exc)
-
-    def unhandled_error(self, stream: object, exc: BaseException) -> None:
-        logger.error("unhandled 'error' on %r", stream, exc_info=exc)
-
-    def connection_done(self, stream: object) -> None:
-        self._done(stream)
-
-    async def secured(self, stream: object) -> None:
-        pending = self._server.emit("secureConnection", stream)
-        if pending is not None:
-            await pending
-
-    async def tls_failed(self, stream: object, exc: BaseException) -> bool:
-        server = self._server
-        if not server.listener_count("tlsClientError"):
-            return False
-        try:
-            pending = server.emit("tlsClientError", exc, stream)
-            if pending is not None:
-                await pending
-        except Exception as raised:  # a listener raised
-            self._failed(raised)
-        return True
-
-
-class _ServerEvents(EventEmitter):
-    """A server's event registration: typed per event, with Node's names."""
-
-    __slots__ = ()
-
-    if TYPE_CHECKING:
-
-        @overload  # type: ignore[override]  # narrower, typed per event
-        def on(self, event: Literal["connection"], listener: ConnectionListener) -> Self: ...
-        @overload
-        def on(
-            self, event: Literal["listening", "close"], listener: Callable[[], object]
-        ) -> Self: ...
-        @overload
-        def on(
-            self, event: Literal["error"], listener: Callable[[BaseException], object]
-        ) -> Self: ...
-        @overload
-        def on(self, event: Literal["secureConnection"], listener: ConnectionListener) -> Self: ...
-        @overload
-        def on(
-            self,
-            event: Literal["tlsClientError"],
-            listener: Callable[[BaseException, Stream], object],
-        ) -> Self: ...
-        @overload
-        def on(self, event: str) -> Callable[[Any], Any]: ...
-        def on(self, event: str, listener: Any = None) -> Any: ...  # pyright: ignore[reportIncompatibleMethodOverride]  # narrower, typed per event
-
-    addListener = EventEmitter.on
-    removeListener = EventEmitter.off
-    remove_listener = EventEmitter.off
-    removeAllListeners = EventEmitter.remove_all_listeners
-    listenerCount = EventEmitter.listener_count
-
-
-class Server(_ServerEvents):
+class Server(Accepting):
     """A TCP or UNIX-socket server; run it with ``async with``.
 
     Args:
@@ -179,42 +95,33 @@ class Server(_ServerEvents):
             ``keep_alive_initial_delay``, ``high_water_mark``).
     """
 
-    __slots__ = (
-        "_accept_scope",
-        "_address",
-        "_block",
-        "_closed",
-        "_closing",
-        "_connections",
-        "_handler_scopes",
-        "_listening",
-        "_live_tasks",
-        "_options",
-        "_owner",
-        "_socket",
-        "_tasks_done",
-        "_unlink_path",
-    )
+    __slots__ = ()
 
     def __init__(
         self,
         connection_listener: ConnectionListener | None = None,
         *,
         max_connections: int | None = None,
+        proxy_protocol: bool = False,
+        proxy_trusted: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
-        self._options = server_options(options, max_connections)
+        self._options = server_options(options, max_connections, proxy_protocol)
+        self._proxy_trusted = trusted_networks(proxy_trusted)
         if connection_listener is not None:
             self.on("connection", connection_listener)
         self._block = Block()
-        self._owner = _ServerOwner(self._listener_failed, self._connection_done, self)
+        self._owner = ServerOwner(self._listener_failed, self._connection_done, self)
         self._socket: trio.socket.SocketType | None = None
         self._address: tuple[str, int] | str | None = None
         self._unlink_path: str | None = None
         self._accept_scope: trio.CancelScope | None = None
-        self._connections: set[Stream] = set()
+        self._connections: dict[Stream, None] = {}  # in accept order
         self._handler_scopes: set[trio.CancelScope] = set()
+        self._header_scopes: set[trio.CancelScope] = set()  # PROXY headers being read
+        self._shutdown_scope: trio.CancelScope | None = None
+        self._shutdown_destroyed = 0
         self._live_tasks = 0
         self._tasks_done = trio.lowlevel.ParkingLot()
         self._listening = False
@@ -248,9 +155,6 @@ class Server(_ServerEvents):
         """Wait until :meth:`close` was called and the server emitted ``'close'``."""
         await self._closed.wait()
 
-    def _listener_failed(self, exc: BaseException) -> None:
-        self._block.fail(exc)
-
     # -- listening ---------------------------------------------------------
 
     @overload
@@ -262,6 +166,7 @@ class Server(_ServerEvents):
         *,
         backlog: int = 511,
         reuse_port: bool = False,
+        ipv6_only: bool = False,
     ) -> None: ...
     @overload
     async def listen(
@@ -272,6 +177,7 @@ class Server(_ServerEvents):
         *,
         backlog: int = 511,
         reuse_port: bool = False,
+        ipv6_only: bool = False,
     ) -> None: ...
     @overload
     async def listen(self, *, sock: _stdlib_socket.socket, backlog: int = 511) -> None: ...
@@ -283,6 +189,7 @@ class Server(_ServerEvents):
         *,
         backlog: int = 511,
         reuse_port: bool = False,
+        ipv6_only: bool = False,
         sock: _stdlib_socket.socket | None = None,
     ) -> None:
         """Bind and start accepting; returns once listening (``'listening'``
@@ -297,7 +204,9 @@ class Server(_ServerEvents):
         (``listen(port, listener)``, ``listen(port, host, listener)``) is
         added as a ``once('listening')`` listener (removed again if the
         call fails), and ``listen({"port": ..., "host": ..., "backlog": ...})``
-        (or ``"path"``; ``reusePort``) takes the arguments as a dict. A failure
+        (or ``"path"``; ``reusePort``, ``ipv6Only``) takes the arguments as a
+        dict. ``ipv6_only=True`` keeps IPv4 out of ``"::"`` (and of
+        ``host=None``). A failure
         to bind is raised here, as an ``OSError`` with its ``errno`` and Node
         ``code`` (``EADDRINUSE``) and a message naming the address.
 
@@ -307,12 +216,9 @@ class Server(_ServerEvents):
                 already listening.
             OSError: binding or listening failed.
         """
-        address, backlog_given, reuse_given = listen_arguments(
-            port, host, listener, backlog, reuse_port
-        )
-        where = _check_listen_arguments(
-            address.port, address.host, backlog_given, reuse_given, sock
-        )
+        keywords = {"backlog": backlog, "reuse_port": reuse_port, "ipv6_only": ipv6_only}
+        address, given = listen_arguments(port, host, listener, keywords)
+        where = _check_listen_arguments(address.port, address.host, given, sock)
         nursery = self._block.nursery
         if nursery is None:
             raise StreamStateError("listen() needs the server's async with block to be running")
@@ -338,7 +244,7 @@ class Server(_ServerEvents):
         try:
             with transport_errors():
                 plain = await bind_listener(
-                    where.port, where.host, where.backlog, where.reuse_port, sock
+                    where.port, where.host, where.backlog, where.reuse_port, sock, where.ipv6_only
                 )
             if sock is None and is_path(where.port):
                 self._unlink_path = os.fspath(cast("str | os.PathLike[str]", where.port))
@@ -355,137 +261,6 @@ class Server(_ServerEvents):
         # default options; an adopted listener's may pass on others.
         await nursery.start(self._accept_loop, plain, sock is None)
 
-    async def _accept_loop(
-        self,
-        listener: _stdlib_socket.socket,
-        fresh: bool,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        failure: BaseException | None = None
-        mine = self._socket
-        try:
-            with trio.CancelScope() as scope:
-                self._accept_scope = scope
-                try:
-                    await self._emit("listening")
-                finally:
-                    task_status.started()
-                while True:
-                    try:
-                        sock, peer = listener.accept()
-                    except BlockingIOError:
-                        try:
-                            await trio.lowlevel.wait_readable(listener)
-                        except trio.ClosedResourceError:
-                            return  # close() closed the socket under us
-                        continue
-                    except OSError as exc:
-                        if exc.errno == errno.EBADF:
-                            return  # closed under us
-                        if exc.errno in _RETRY_ACCEPT:
-                            logger.warning("accept() failed, retrying: %s", exc)
-                            await trio.sleep(_RETRY_DELAY)
-                            continue
-                        failure = translate(exc)
-                        break  # out of the scope close() cancels
-                    self._accepted(SocketTransport(sock), peer, fresh)
-                    await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
-            if failure is not None:
-                await self._accept_failed(failure)
-        finally:
-            # Whatever ended the loop (close(), a lasting failure, the block
-            # cancelled or failed), the server closes: unless it did already,
-            # or a listener listened anew on another socket.
-            if self._socket is mine and not self._closing:
-                self.close()
-
-    async def _accept_failed(self, error: BaseException) -> None:
-        """A lasting accept() failure: ``'error'`` (the accept loop closes the
-        server after it), or without a listener, close and fail the block. An
-        async listener ends with the block, as async ``'connection'``
-        listeners do."""
-        if not self.listener_count("error"):
-            self.close()
-            self._block.fail(error)
-            return
-        with trio.CancelScope() as scope:
-            self._handler_scopes.add(scope)
-            if self._block.shutting_down:
-                scope.cancel()
-            try:
-                await self._emit("error", error)
-            finally:
-                self._handler_scopes.discard(scope)
-
-    async def _emit(self, event: str, *args: object) -> None:
-        try:
-            pending = self.emit(event, *args)
-            if pending is not None:
-                await pending
-        except Exception as exc:  # a listener raised
-            self._listener_failed(exc)
-
-    def _accepted(self, transport: SocketTransport, peer: Any, fresh: bool) -> None:
-        limit = self._options.max_connections
-        if limit is not None and len(self._connections) >= limit:
-            transport.close_now()
-            return
-        try:
-            accepted = Accepted(transport, self._options.stream, self._owner, peer, fresh)
-            stream = Stream(accepted)
-            conn = accepted.connection
-            assert conn is not None
-        except BaseException:
-            transport.close_now()
-            raise
-        nursery = self._block.nursery
-        assert nursery is not None
-        self._connections.add(stream)
-        self._live_tasks += 1  # the connection's task; connection_done counts it off
-        # 'connection' as Node emits it: at once, as the connection is accepted.
-        pending: list[Awaitable[object]] = []
-        try:
-            pending = start_handlers(self._take_listeners("connection"), stream)
-        except Exception as exc:  # a 'connection' listener raised
-            self._listener_failed(exc)
-            stream.destroy()
-        except BaseException:  # KeyboardInterrupt...
-            stream.destroy()
-            raise
-        finally:  # in every case the connection's task runs: it closes the socket
-            if pending:
-                self._live_tasks += 1
-                nursery.start_soon(self._serve_with_handlers, conn, pending)
-            else:
-                nursery.start_soon(conn.run, nursery, name=TASK_NAME)
-
-    def _connection_done(self, stream: object) -> None:
-        self._connections.discard(cast(Stream, stream))
-        self._task_done()
-
-    def _task_done(self) -> None:
-        self._live_tasks -= 1
-        self._tasks_done.unpark_all()
-
-    async def _serve_with_handlers(
-        self, conn: Connection, pending: list[Awaitable[object]]
-    ) -> None:
-        """Run a connection whose async ``'connection'`` listeners are its
-        tasks; they end with the block (see :meth:`_shut_down`)."""
-        nursery = self._block.nursery
-        assert nursery is not None
-        try:
-            await serve_with_handlers(
-                conn,
-                pending,
-                nursery,
-                self._handler_scopes,
-                shutting_down=self._block.shutting_down,
-                failed=self._listener_failed,
-            )
-        finally:
-            self._task_done()
-
     # -- closing -------------------------------------------------------------
 
     def close(self) -> None:
@@ -498,11 +273,48 @@ class Server(_ServerEvents):
         self._closing = True
         if self._accept_scope is not None:
             self._accept_scope.cancel()
+        for scope in self._header_scopes:
+            scope.cancel()
         if self._socket is not None:
             self._socket.close()
         nursery = self._block.nursery
         if nursery is not None:
             nursery.start_soon(self._finish_close)
+
+    async def shutdown(self, grace: float | None = None) -> int:
+        """Stop accepting (as :meth:`close`), wait until every connection has
+        closed by itself or *grace* milliseconds have passed (``None``: no
+        limit), then destroy the rest. Returns once ``'close'`` was emitted
+        (once, after the last connection), with how many were destroyed.
+
+        Calling it again, or after :meth:`close`, is allowed: a shorter
+        *grace* brings the deadline of a shutdown in progress forward.
+
+        Raises:
+            TypeError, ValueError: *grace* is not a number >= 0.
+            StreamStateError: outside the server's ``async with``.
+        """
+        limit = math.inf if grace is None else check_number("grace", grace) / 1000
+        if self._block.nursery is None:
+            raise StreamStateError("shutdown() needs the server's async with block to be running")
+        deadline = trio.current_time() + limit
+        scope = self._shutdown_scope
+        if scope is not None:  # a shutdown is in progress: it ends by this deadline too
+            scope.deadline = min(scope.deadline, deadline)
+            await self.wait_closed()
+            return self._shutdown_destroyed
+        self._shutdown_destroyed = 0
+        self.close()
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._shutdown_scope = scope
+            while self._connections:
+                await self._tasks_done.park()
+        self._shutdown_scope = None
+        for stream in list(self._connections):
+            stream.destroy()
+            self._shutdown_destroyed += 1
+        await self.wait_closed()
+        return self._shutdown_destroyed
 
     async def _finish_close(self) -> None:
         # Shielded: under cancellation the connections are being destroyed
@@ -539,8 +351,13 @@ class Server(_ServerEvents):
 
     @property
     def connections(self) -> int:
-        """How many accepted connections are open."""
+        """How many accepted connections are open (``len(server.streams)``)."""
         return len(self._connections)
+
+    @property
+    def streams(self) -> tuple[Stream, ...]:
+        """The open accepted streams, in accept order (a snapshot)."""
+        return tuple(self._connections)
 
     @property
     def max_connections(self) -> int | None:

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from ._proxy import ProxyHeader
+
 __all__ = ["Accepted", "Stream"]
 
 NoArgListener = Callable[[], object]
@@ -115,6 +117,7 @@ class Accepted:
     owner: Owner
     peer: Any
     fresh: bool
+    proxy: ProxyHeader | None = None  # the PROXY protocol header read first
     connection: Connection | None = None
 
 
@@ -199,9 +202,13 @@ class Stream(StreamControls):
         self._server_side = _accepted is not None
         if _accepted is not None:
             self._adopt(_accepted.transport, _accepted.peer, fresh=_accepted.fresh)
-            assert self._conn is not None
-            self._conn.accepted = True
-            _accepted.connection = self._conn
+            conn = self._conn
+            assert conn is not None
+            conn.accepted = True
+            proxy = conn.proxy = _accepted.proxy
+            if proxy is not None and proxy.family is not None and proxy.source is not None:
+                conn.peer = (proxy.source[0], proxy.source[1], proxy.family)  # the client's
+            _accepted.connection = conn
 
     @classmethod
     def wrap(cls, transport: trio.abc.Stream, **options: Any) -> Stream:

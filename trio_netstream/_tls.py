@@ -241,9 +241,18 @@ class Choices:
     def applied(self, context: ssl.SSLContext) -> Generator[None, None, None]:
         theirs = context.sni_callback
 
+        switched: list[ssl.SSLContext] = []
+
         def record(ssl_object: Any, name: str | None, ctx: ssl.SSLContext) -> int | None:
             self.servername = name
-            return None if theirs is None else theirs(ssl_object, name, ctx)  # type: ignore[arg-type]  # None when the client sent no name
+            if theirs is None:
+                return None
+            answer = theirs(ssl_object, name, ctx)  # type: ignore[arg-type]  # None when the client sent no name
+            chosen = ssl_object.context
+            if self.alpn and chosen is not context:  # their callback switched contexts
+                chosen.set_alpn_protocols(list(self.alpn))
+                switched.append(chosen)
+            return answer
 
         context.sni_callback = record
         if self.alpn:
@@ -252,8 +261,8 @@ class Choices:
             yield
         finally:
             context.sni_callback = theirs
-            if self.alpn:
-                context.set_alpn_protocols([])
+            for other in (context, *switched) if self.alpn else ():
+                other.set_alpn_protocols([])
 
 
 @contextmanager
@@ -383,10 +392,14 @@ def _chain(ssl_object: ssl.SSLObject) -> list[bytes]:
     )
     if getter is not None:
         chain: list[Any] = getter() or []
-        return [
+        certificates = [
             cert if isinstance(cert, bytes) else cert.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]  # _ssl.Certificate (3.10+)
             for cert in chain
+            if cert is not None  # [None] when the peer sent none (a server's CERT_OPTIONAL)
         ]
+        if certificates:
+            return certificates
+    # A resumed session: no chain was sent, the session holds the leaf.
     leaf = ssl_object.getpeercert(binary_form=True)
     return [leaf] if leaf else []
 
