@@ -309,24 +309,36 @@ class Accepting(ServerEvents):
     def _accepted(self, transport: SocketTransport, peer: Any, fresh: bool) -> None:
         """A connection came: admit it now, or (``proxy_protocol``) once its
         header was read, in a task of its own."""
-        if self._options.proxy_protocol:
-            nursery = self._block.nursery
-            assert nursery is not None
-            self._live_tasks += 1
-            nursery.start_soon(self._read_proxy_header, transport, peer, fresh)
+        if not self._options.proxy_protocol:
+            self._admit(transport, peer, fresh, None)
             return
-        self._admit(transport, peer, fresh, None)
+        if self._over_the_limit(len(self._header_scopes)):
+            self._drop(transport, None)  # headers being read count too: they hold sockets
+            return
+        nursery = self._block.nursery
+        assert nursery is not None
+        scope = trio.CancelScope()
+        self._header_scopes.add(scope)
+        self._live_tasks += 1
+        nursery.start_soon(self._read_proxy_header, transport, peer, fresh, scope)
+
+    def _over_the_limit(self, pending: int = 0) -> bool:
+        limit = self._options.max_connections
+        return limit is not None and len(self._connections) + pending >= limit
+
+    def _drop(self, transport: SocketTransport, proxy: ProxyHeader | None) -> None:
+        """Close a connection over ``max_connections`` at once: ``'drop'``."""
+        info = connection_info(transport.plain, proxy)
+        transport.close_now()
+        self._emit_soon("drop", info)
 
     def _admit(
         self, transport: SocketTransport, peer: Any, fresh: bool, proxy: ProxyHeader | None
     ) -> None:
         """``'drop'`` it (``max_connections``), or make its stream and emit
         ``'connection'``."""
-        limit = self._options.max_connections
-        if limit is not None and len(self._connections) >= limit:
-            info = connection_info(transport.plain, proxy)
-            transport.close_now()
-            self._emit_soon("drop", info)
+        if self._over_the_limit():
+            self._drop(transport, proxy)
             return
         try:
             accepted = Accepted(transport, self._options.stream, self._owner, peer, fresh, proxy)
@@ -357,7 +369,9 @@ class Accepting(ServerEvents):
             else:
                 nursery.start_soon(conn.run, nursery, name=TASK_NAME)
 
-    async def _read_proxy_header(self, transport: SocketTransport, peer: Any, fresh: bool) -> None:
+    async def _read_proxy_header(
+        self, transport: SocketTransport, peer: Any, fresh: bool, scope: trio.CancelScope
+    ) -> None:
         """The PROXY header of one connection, in its own task (the accept
         loop goes on), within ``handshake_timeout``; then :meth:`_admit`, or
         ``'clientError'`` and the connection closed. :meth:`close` cancels
@@ -366,8 +380,7 @@ class Accepting(ServerEvents):
         proxy: ProxyHeader | None = None
         failure: ValueError | OSError | None = None
         try:
-            with trio.CancelScope() as scope:
-                self._header_scopes.add(scope)
+            with scope:
                 if self._closing:
                     scope.cancel()
                 try:
@@ -399,7 +412,14 @@ class Accepting(ServerEvents):
             return
         nursery = self._block.nursery
         assert nursery is not None
-        nursery.start_soon(self._emit, event, *args)
+        self._live_tasks += 1  # the server's 'close' comes after it
+        nursery.start_soon(self._emit_counted, event, *args)
+
+    async def _emit_counted(self, event: str, *args: object) -> None:
+        try:
+            await self._emit(event, *args)
+        finally:
+            self._task_done()
 
     def _connection_done(self, stream: object) -> None:
         self._connections.pop(cast(Stream, stream), None)

@@ -274,6 +274,7 @@ class Connection:
                     # The writable side ends with end(): the writer (started
                     # then if not before) sends what is queued, then the EOF.
                     await wait_writer_finished(self)
+                    reader_owes_failure(self)  # a send that failed meanwhile
                     return
         except TransportError as failure:
             self.fail(failure.error)
@@ -582,6 +583,7 @@ def send_failed(conn: Connection, error: BaseException, *, in_write: bool = Fals
         and sock.family in _INET
         and conn.upgrade is None
         and not conn.flow.paused
+        and not conn.flow.sm.reading_over  # the reader is still reading
         and conn.has_consumer()
     ):
         conn.send_failed_first = True

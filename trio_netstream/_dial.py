@@ -180,7 +180,8 @@ async def bind_listener(
             last_error = _listen_error(exc, f"{address[0]}:{address[1]}")
             if exc.errno == errno.EADDRINUSE:
                 break  # the port is taken: another family will not help
-    assert last_error is not None
+    if last_error is None:  # ipv6_only where IPv6 is missing
+        raise OSError(errno.EAFNOSUPPORT, "listen EAFNOSUPPORT: IPv6 is not available here")
     raise last_error
 
 

@@ -318,7 +318,14 @@ def server_options(
     )
 
 
+_DEFAULT_STREAM_OPTIONS: list[StreamOptions] = []  # made when first needed
+
+
 def stream_options(options: Mapping[str, Any]) -> StreamOptions:
     """The options of one stream, with a clear ``TypeError`` for an unknown name."""
+    if not options:  # the common case: the defaults, checked once
+        if not _DEFAULT_STREAM_OPTIONS:
+            _DEFAULT_STREAM_OPTIONS.append(StreamOptions())
+        return _DEFAULT_STREAM_OPTIONS[0]
     check_option_names(options, STREAM_OPTION_NAMES, "stream")
     return StreamOptions(**options)

@@ -304,16 +304,20 @@ class Server(Accepting):
             await self.wait_closed()
             return self._shutdown_destroyed
         self._shutdown_destroyed = 0
-        self.close()
-        with trio.CancelScope(deadline=deadline) as scope:
-            self._shutdown_scope = scope
-            while self._connections:
-                await self._tasks_done.park()
-        self._shutdown_scope = None
-        for stream in list(self._connections):
-            stream.destroy()
-            self._shutdown_destroyed += 1
-        await self.wait_closed()
+        scope = self._shutdown_scope = trio.CancelScope(deadline=deadline)
+        try:
+            self.close()
+            with scope:
+                while self._connections:
+                    await self._tasks_done.park()
+            for stream in list(self._connections):
+                stream.destroy()
+                self._shutdown_destroyed += 1
+            for handler in self._handler_scopes:
+                handler.cancel()  # async 'connection' listeners end with their streams
+            await self.wait_closed()
+        finally:
+            self._shutdown_scope = None
         return self._shutdown_destroyed
 
     async def _finish_close(self) -> None:
