@@ -150,3 +150,41 @@ async def test_an_iterating_consumer_gets_the_data_then_the_reset() -> None:
                 async for chunk in stream:
                     received += chunk
     assert received == PAYLOAD
+
+
+@pytest.mark.parametrize("make", TRANSPORTS.values(), ids=TRANSPORTS.keys())
+async def test_a_send_that_meets_a_reset_after_the_peers_end_is_the_error(
+    make: Callable[[socket.socket], trio.abc.Stream],
+) -> None:
+    # The peer ends, then resets; a write after 'end' meets the reset. The
+    # reader is over: the failure must be reported, not lost, and the stream
+    # must close (a try-write's failure used to leave it waiting forever).
+    events: list[Any] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        peer = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    with peer:
+        peer.sendall(b"hi")
+        peer.shutdown(socket.SHUT_WR)
+        stream = net.Stream.wrap(make(accepted))
+        ended = trio.Event()
+        stream.on("data", lambda chunk: events.append(("data", chunk)))
+        stream.on("end", lambda: (events.append("end"), ended.set()))
+        stream.on("error", lambda exc: events.append(("error", type(exc))))
+        stream.on("close", lambda had_error: events.append(("close", had_error)))
+        with trio.fail_after(10):
+            async with stream:
+                await ended.wait()
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                peer.close()  # a reset
+                await trio.sleep(0.05)
+                stream.write(b"x" * 100)
+                await trio.sleep(0.05)
+                stream.end()
+    assert events[:2] == [("data", b"hi"), "end"]
+    assert len(events) == 4
+    assert events[2][0] == "error"
+    assert issubclass(events[2][1], (BrokenPipeError, ConnectionResetError))
+    assert events[3] == ("close", True)
