@@ -147,7 +147,10 @@ async def test_drop_names_both_ends_of_the_connection_over_max_connections() -> 
         assert server.connections == 0
 
 
-async def test_drop_names_the_client_of_a_proxy_header() -> None:
+async def test_a_connection_reading_its_proxy_header_counts_towards_the_limit() -> None:
+    # A connection whose PROXY header is being read holds a socket: it counts
+    # towards max_connections, and the one over the limit is dropped before
+    # its header is read, so 'drop' names its real peer (the balancer).
     with trio.fail_after(LIMIT):
         drops: list[dict[str, Any]] = []
         dropped = Tally()
@@ -162,19 +165,23 @@ async def test_drop_names_the_client_of_a_proxy_header() -> None:
         async with server, clients() as opened:
             await server.listen(0, "127.0.0.1")
             port = port_of(server)
-            first = await connect(port, opened)
-            await first.send_all(b"PROXY TCP4 192.0.2.1 192.0.2.9 1111 80\r\n")
-            await log.arrived.wait_for(1)
+            first = await connect(port, opened)  # no header yet
             second = await connect(port, opened)
-            await second.send_all(b"PROXY TCP4 198.51.100.7 192.0.2.9 2222 80\r\n")
             await dropped.wait_for(1)
+            assert await eof_or_reset(second) == b""
             (info,) = drops
-            assert (info["remote_address"], info["remote_port"]) == ("198.51.100.7", 2222)
+            remote = second.socket.getsockname()
+            assert (info["remote_address"], info["remote_port"]) == remote[:2]
             assert info["remote_family"] == "IPv4"
             assert (info["local_address"], info["local_port"]) == ("127.0.0.1", port)
-            assert log.arrived.count == 1
+            assert log.arrived.count == 0
+            await first.send_all(b"PROXY TCP4 192.0.2.1 192.0.2.9 1111 80\r\n")
+            await log.arrived.wait_for(1)
+            (stream,) = server.streams
+            assert (stream.remote_address, stream.remote_port) == ("192.0.2.1", 1111)
             server.close()
-            await first.aclose()
+            await first.send_eof()
+        assert len(drops) == 1
 
 
 # -- server.streams ----------------------------------------------------------------------
