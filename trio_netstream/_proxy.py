@@ -161,6 +161,8 @@ def _parse_v1(header: bytes, peer: tuple[str, int] | None) -> ProxyHeader:
 
 
 def _parse_v2(header: bytes, peer: tuple[str, int] | None) -> ProxyHeader:
+    if len(header) < 16 or len(header) != 16 + int.from_bytes(header[14:16], "big"):
+        raise _bad("a v2 header's length does not match its length field")
     version, command = header[12] >> 4, header[12] & 0xF
     if version != 2:
         raise _bad(f"unknown version {version}")
@@ -187,11 +189,11 @@ def _addresses(family: int, block: bytes) -> tuple[Address, Address]:
     if family == _UNIX:
         return (_path(block[:108]), None), (_path(block[108:]), None)
     half = 4 if family == _INET else 16
-    kind = _stdlib_socket.AF_INET if family == _INET else _stdlib_socket.AF_INET6
     ports = block[2 * half :]
     return (
-        (_stdlib_socket.inet_ntop(kind, block[:half]), int.from_bytes(ports[:2], "big")),
-        (_stdlib_socket.inet_ntop(kind, block[half : 2 * half]), int.from_bytes(ports[2:], "big")),
+        # Spelled as ipaddress spells them, as v1 addresses are.
+        (str(ipaddress.ip_address(block[:half])), int.from_bytes(ports[:2], "big")),
+        (str(ipaddress.ip_address(block[half : 2 * half])), int.from_bytes(ports[2:], "big")),
     )
 
 
