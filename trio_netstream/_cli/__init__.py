@@ -9,7 +9,11 @@ Commands:
   line per connection event;
   ``--workers N`` runs N processes sharing one port (``SO_REUSEPORT``);
   ``--tls-cert`` serves TLS, ``--alpn h2,http/1.1`` accepts those ALPN
-  protocols (``secure (ALPN h2)``).
+  protocols (``secure (ALPN h2)``); ``--proxy-protocol`` (and
+  ``--proxy-trusted NET...``) reads a load balancer's PROXY header and logs
+  the client it names (``connection from 1.2.3.4:1111 (via
+  127.0.0.1:40000)``); SIGTERM shuts it down gracefully within ``--grace``
+  ms (every worker too), a second SIGTERM or SIGINT at once.
 * ``connect``: a netcat-like client: stdin to the socket, received data to
   stdout; ``--tls`` or SMTP-style ``--starttls``, ``--alpn h2,http/1.1``
   offering ALPN protocols (``ALPN: h2`` on stderr); ``--family``,
@@ -21,7 +25,8 @@ or protocol error, 2 usage error, 3 TLS or certificate error, 130 SIGINT.
 
 The modules, one concern each: ``_main`` (:func:`main`: parse, run one
 command, map failures to exit codes; SIGINT and SIGTERM cancel a running
-command), ``_parser`` (the argparse tree and the checks it cannot express),
+command, but the first SIGTERM shuts ``echo`` down gracefully),
+``_parser`` (the argparse tree and the checks it cannot express),
 ``_output`` (exit codes, printing, one-line descriptions of errors),
 ``_certs`` (throwaway certificates, TLS contexts from files), ``_demo``,
 ``_echo`` (the echo server), ``_workers`` (``echo --workers N``),

@@ -4,6 +4,18 @@ line per connection event.
 With ``--alpn``, the ``secure`` line names the protocol ALPN agreed on:
 ``secure (ALPN h2)``, or ``secure (ALPN none)``; without it, the line is
 just ``secure``.
+
+With ``--proxy-protocol`` (a server behind a load balancer), the
+``connection`` line names the client of the PROXY header and the balancer it
+came through: ``connection from 1.2.3.4:1111 (via 127.0.0.1:40000)``; a
+connection refused for its header (or its source, ``--proxy-trusted``) is
+one ``client error from 127.0.0.1:40000: PROXY protocol: ...
+(ERR_PROXY_PROTOCOL)`` line.
+
+When *stop* is set (SIGTERM), the server shuts down gracefully: it stops
+accepting, lets the open connections finish for up to *grace* ms, then
+destroys the rest (``shutting down (grace 5000 ms)``, then ``shut down: 1
+connection destroyed``).
 """
 
 from __future__ import annotations
@@ -12,12 +24,16 @@ import itertools
 import os
 import ssl
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
-from .. import Stream, create_server
+from .. import Server, Stream, create_server
 from .._errors import node_code
-from ._output import format_address, host_port, listen_errors, say
+from ._output import EXIT_OK, format_address, host_port, listen_errors, say
+
+#: ``--grace``: how long a SIGTERM lets open connections finish, in ms.
+DEFAULT_GRACE = 5000.0
 
 
 def _chunk_text(chunk: bytes) -> str:
@@ -31,6 +47,17 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" + (f" ({code})" if code else "")
 
 
+def _client_error_text(exc: BaseException, info: dict[str, Any]) -> str:
+    """A ``'clientError'`` (a PROXY header refused) as one line:
+    ``client error from 127.0.0.1:40000: PROXY protocol: ... (ERR_PROXY_PROTOCOL)``."""
+    address, port = info.get("remote_address"), info.get("remote_port")
+    peer = "unix socket" if address is None or port is None else host_port(str(address), port)
+    code = getattr(exc, "code", None) or node_code(exc)
+    # An OSError's own text, without str()'s "[Errno 13] " in front.
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"client error from {peer}: {reason}" + (f" ({code})" if code else "")
+
+
 async def echo_server(
     *,
     port: int = 0,
@@ -39,15 +66,22 @@ async def echo_server(
     context: ssl.SSLContext | None = None,
     reuse_port: bool = False,
     alpn: Sequence[str] | None = None,
+    proxy_protocol: bool = False,
+    proxy_trusted: Sequence[str] | None = None,
+    stop: trio.Event | None = None,
+    grace: float = DEFAULT_GRACE,
     out: Callable[[str], object] = say,
 ) -> int:
-    """Serve the echo protocol of Node's original docs until cancelled, printing every event.
+    """Serve the echo protocol of Node's original docs until cancelled (or,
+    gracefully, until *stop* is set), printing every event.
 
     Each connection gets ``hello\\r\\n``, its data echoed (with backpressure:
     reading pauses until a slow reader has taken the echo), and
     ``goodbye\\r\\n`` before the server ends it after the client's end.
     *alpn* (with a *context*): the ALPN protocols the server accepts, most
-    preferred first.
+    preferred first. *proxy_protocol* and *proxy_trusted*: every connection
+    starts with a PROXY header (from a balancer in *proxy_trusted*, if
+    given). Once *stop* is set, ``await server.shutdown(grace)`` and return 0.
     """
     pid = os.getpid()
     numbers = itertools.count(1)
@@ -60,8 +94,15 @@ async def echo_server(
 
         _echo(stream, log, alpn=alpn is not None)
 
-    protocols = None if alpn is None else list(alpn)
-    async with create_server(on_connection, ssl=context, alpn_protocols=protocols) as server:
+    server = create_server(
+        on_connection,
+        ssl=context,
+        alpn_protocols=None if alpn is None else list(alpn),
+        proxy_protocol=proxy_protocol,
+        proxy_trusted=None if proxy_trusted is None else list(proxy_trusted),
+    )
+    server.on("clientError", lambda exc, info: out(f"[pid {pid}] {_client_error_text(exc, info)}"))
+    async with server:
         if path is not None:
             with listen_errors(path):
                 await server.listen(path)
@@ -69,18 +110,42 @@ async def echo_server(
             with listen_errors(host_port(host, port)):
                 await server.listen(port, host, reuse_port=reuse_port)
         out(f"listening on {format_address(server.address())} (pid {pid})")
-        await trio.sleep_forever()
-    raise AssertionError("unreachable")  # pragma: no cover - sleep_forever() never returns
+        if stop is None:
+            await trio.sleep_forever()
+        await stop.wait()
+        await _shut_down(server, grace, lambda text: out(f"[pid {pid}] {text}"))
+    return EXIT_OK
+
+
+async def _shut_down(server: Server, grace: float, log: Callable[[str], object]) -> None:
+    """The graceful end: stop accepting, let the connections finish within
+    *grace* ms, destroy the rest; say so before and after."""
+    server.close()  # first: once the line is out, no connection is accepted
+    log(f"shutting down (grace {grace:g} ms)")
+    destroyed = await server.shutdown(grace)
+    log(f"shut down: {destroyed} connection{'' if destroyed == 1 else 's'} destroyed")
+
+
+def _peer_text(stream: Stream) -> str:
+    """Who connected: ``1.2.3.4:1111``, ``unix socket``; behind a PROXY
+    header also the balancer, ``1.2.3.4:1111 (via 127.0.0.1:40000)``."""
+    if stream.remote_port is not None:
+        peer = host_port(str(stream.remote_address), stream.remote_port)
+    else:
+        peer = "unix socket"
+    proxy = stream.proxy
+    if proxy is None:
+        return peer
+    if proxy.source is None:  # LOCAL (a health check), UNKNOWN, UNSPEC: the real peer
+        return f"{peer} (PROXY {proxy.command}, no client address)"
+    balancer = "unix socket" if proxy.peer is None else host_port(*proxy.peer)
+    return f"{peer} (via {balancer})"
 
 
 def _echo(stream: Stream, log: Callable[[str], None], *, alpn: bool = False) -> None:
     """The echo protocol of Node's original docs on one connection, logging
     its events (with *alpn*, ``secure`` names the protocol agreed)."""
-    if stream.remote_port is not None:
-        peer = host_port(str(stream.remote_address), stream.remote_port)
-    else:
-        peer = "unix socket"
-    log(f"connection from {peer}")
+    log(f"connection from {_peer_text(stream)}")
 
     def on_connect() -> None:
         log("connect")

@@ -2,7 +2,11 @@
 
 ``echo`` and ``connect`` run their body next to a signal receiver
 (:func:`until_signal`); SIGINT or SIGTERM cancels the body, which destroys
-its streams and server on the way out.
+its streams and server on the way out. ``echo`` stops gracefully on SIGTERM
+instead: the first one sets its stop event (the server shuts down within
+``--grace`` ms, and with ``--workers`` the parent passes the SIGTERM on to
+every worker); a second SIGTERM, or SIGINT, cancels it at once (a
+worker leaves that to its parent, which sends it SIGINT).
 """
 
 from __future__ import annotations
@@ -25,9 +29,19 @@ from ._starttls import DEFAULT_TIMEOUT
 from ._workers import echo_workers
 
 
-async def until_signal(body: Callable[[], Awaitable[int]]) -> int:
+async def until_signal(
+    body: Callable[[], Awaitable[int]],
+    graceful: trio.Event | None = None,
+    *,
+    sigterm_again: bool = True,
+) -> int:
     """Run *body* until it returns its exit code, or until SIGINT (130) or
-    SIGTERM (0) cancels it. An exception from *body* is re-raised unwrapped."""
+    SIGTERM (0) cancels it. An exception from *body* is re-raised unwrapped.
+
+    With *graceful*, the first SIGTERM only sets that event (*body* then
+    winds down and returns its code); a second SIGTERM (unless not
+    *sigterm_again*: it is ignored), or SIGINT, cancels *body* as without
+    it."""
     codes: list[int] = []
     failures: list[Exception] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -42,6 +56,12 @@ async def until_signal(body: Callable[[], Awaitable[int]]) -> int:
 
             nursery.start_soon(run)
             async for signum in signals:
+                if signum == signal.SIGTERM and graceful is not None:
+                    if not graceful.is_set():
+                        graceful.set()
+                        continue
+                    if not sigterm_again:
+                        continue
                 codes.append(EXIT_SIGINT if signum == signal.SIGINT else EXIT_OK)
                 nursery.cancel_scope.cancel()
                 break
@@ -51,33 +71,57 @@ async def until_signal(body: Callable[[], Awaitable[int]]) -> int:
 
 
 def _run_echo(args: argparse.Namespace) -> int:
+    stop = trio.Event()
     if args.workers > 1:
-        tls_args: list[str] = []
-        if args.tls_cert is not None:
-            server_context(args.tls_cert, args.tls_key)  # fail here, not in every worker
-            tls_args = ["--tls-cert", args.tls_cert]
-            if args.tls_key is not None:
-                tls_args += ["--tls-key", args.tls_key]
-            if args.alpn is not None:
-                tls_args.append("--alpn=" + ",".join(args.alpn))
+        worker_args = _worker_args(args)
         return trio.run(
             until_signal,
             lambda: echo_workers(
-                workers=args.workers, port=args.port, host=args.host, tls_args=tls_args
+                workers=args.workers,
+                port=args.port,
+                host=args.host,
+                worker_args=worker_args,
+                stop=stop,
             ),
+            stop,
         )
     context = None if args.tls_cert is None else server_context(args.tls_cert, args.tls_key)
-    return trio.run(
-        until_signal,
-        lambda: echo_server(
-            port=args.port,
-            host=args.host,
-            path=args.unix,
-            context=context,
-            reuse_port=args.reuse_port,
-            alpn=args.alpn,
-        ),
+    body = functools.partial(
+        echo_server,
+        port=args.port,
+        host=args.host,
+        path=args.unix,
+        context=context,
+        reuse_port=args.reuse_port,
+        alpn=args.alpn,
+        proxy_protocol=args.proxy_protocol,
+        proxy_trusted=args.proxy_trusted,
+        stop=stop,
+        grace=args.grace,
     )
+    # A worker's parent decides: it ends a worker at once with SIGINT. A
+    # SIGTERM sent to the whole process group (systemd, kill -TERM -PGID)
+    # reaches a worker twice, from the sender and from its parent.
+    run = functools.partial(until_signal, body, stop, sigterm_again=not args.worker)
+    return trio.run(run)
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """The options every ``echo --workers N`` worker gets (checked here once,
+    not in every worker)."""
+    worker_args = ["--worker", "--grace", f"{args.grace:g}"]
+    if args.tls_cert is not None:
+        server_context(args.tls_cert, args.tls_key)  # fail here, not in every worker
+        worker_args += ["--tls-cert", args.tls_cert]
+        if args.tls_key is not None:
+            worker_args += ["--tls-key", args.tls_key]
+        if args.alpn is not None:
+            worker_args.append("--alpn=" + ",".join(args.alpn))
+    if args.proxy_protocol:
+        worker_args.append("--proxy-protocol")
+    if args.proxy_trusted is not None:
+        worker_args += ["--proxy-trusted", *args.proxy_trusted]
+    return worker_args
 
 
 def _run_connect(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from .._encoding import normalize
 from .._options import alpn_list, ip_version
+from .._proxy import trusted_networks
 from ._output import PROG
 from ._starttls import DEFAULT_TIMEOUT
 
@@ -26,8 +27,14 @@ byte it receives; when the client ends, it writes "goodbye\\r\\n" and ends too.
 
 It prints "listening on HOST:PORT (pid N)" once listening, then one line per
 connection event: "[pid N] #K connection from HOST:PORT", "connect",
-"secure", "data b'...'", "end", "error ...", "close(False)". SIGINT or
-SIGTERM stops it (connections are destroyed; exit code 130 or 0).
+"secure", "data b'...'", "end", "error ...", "close(False)".
+
+SIGTERM stops it gracefully: it stops accepting at once, lets the open
+connections finish for up to --grace milliseconds (default 5000), then
+destroys the rest ("[pid N] shutting down (grace 5000 ms)", then "[pid N]
+shut down: K connections destroyed"), and exits with code 0. SIGINT, or a
+second SIGTERM during the grace, stops it at once (connections are
+destroyed; exit code 130 or 0).
 
 --alpn h2,http/1.1 (with --tls-cert): the protocols the server accepts (ALPN,
 RFC 7301), most preferred first; of those a client offers, the first in this
@@ -35,10 +42,24 @@ list is chosen. The "secure" line then names the result: "secure (ALPN h2)",
 or "secure (ALPN none)" when the client offered none of them (the connection
 goes on without a protocol).
 
+--proxy-protocol: the server is behind a load balancer (HAProxy, a cloud
+load balancer...) that starts every connection with a PROXY protocol
+header (v1 text or v2 binary). The header is read before anything else and
+names the real client: "[pid N] #K connection from 203.0.113.7:51234 (via
+127.0.0.1:40000)", the balancer's own address in parentheses. A connection
+without a valid header (or none within 120 s) is closed and logged as one
+line: "[pid N] client error from 127.0.0.1:40000: PROXY protocol: ...
+(ERR_PROXY_PROTOCOL)". --proxy-trusted NET [NET ...] (needs
+--proxy-protocol) accepts headers only from balancers in those networks
+(10.0.0.0/8, 127.0.0.1, ::1/128); a connection from anywhere else is closed
+before anything is read ("... is not a trusted proxy (EACCES)").
+
 --workers N starts N "echo --reuse-port" processes on one port (chosen first
 when --port is 0); the first line is then "listening on HOST:PORT (pid N,
-workers W1, W2...)", followed by the workers' lines. If a worker dies, the
-others are stopped and the command exits with code 1."""
+workers W1, W2...)", followed by the workers' lines. Every worker gets the
+TLS and PROXY protocol options. If a worker dies, the others are stopped and
+the command exits with code 1. SIGTERM is passed on to every worker, each
+shuts down gracefully, and the command exits with code 0 once all have."""
 
 _CONNECT_DESCRIPTION = """\
 A netcat-like client: stdin goes to the socket, received data to stdout.
@@ -116,6 +137,26 @@ def _milliseconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of milliseconds, not {text}")
     return value
+
+
+def _grace(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {text!r}")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds >= 0, not {text}")
+    return value
+
+
+def _network(text: str) -> str:
+    """``10.0.0.0/8``, ``::1/128``, ``127.0.0.1``: a network (an address is
+    a network of one), checked as ``proxy_trusted`` checks it."""
+    try:
+        trusted_networks([text])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a network: {text!r} ({exc})")
+    return text
 
 
 def _ip_address(text: str) -> str:
@@ -215,6 +256,15 @@ def _echo_options(echo: argparse.ArgumentParser) -> None:
         metavar="P1,P2",
         help="ALPN protocols to accept, most preferred first (e.g. h2,http/1.1; needs --tls-cert)",
     )
+    _echo_proxy_options(echo)
+    echo.add_argument(
+        "--grace",
+        type=_grace,
+        default=5000.0,
+        metavar="MS",
+        help="on SIGTERM, let open connections finish for up to MS milliseconds, "
+        "then destroy the rest (default: 5000; 0: at once)",
+    )
     echo.add_argument(
         "--workers",
         type=_positive,
@@ -222,10 +272,30 @@ def _echo_options(echo: argparse.ArgumentParser) -> None:
         metavar="N",
         help="N processes sharing the TCP port (SO_REUSEPORT; default 1)",
     )
+    # Set by ``echo --workers N`` on its workers: only the parent's SIGINT
+    # ends a graceful shutdown at once, not a second SIGTERM.
+    echo.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     echo.add_argument(
         "--reuse-port",
         action="store_true",
         help="set SO_REUSEPORT, to share the port with other processes",
+    )
+
+
+def _echo_proxy_options(echo: argparse.ArgumentParser) -> None:
+    echo.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="every connection starts with a PROXY protocol header (v1 or v2) "
+        "naming the real client (behind a load balancer)",
+    )
+    echo.add_argument(
+        "--proxy-trusted",
+        type=_network,
+        nargs="+",
+        metavar="NET",
+        help="accept PROXY headers only from these networks "
+        "(e.g. 10.0.0.0/8 ::1/128; needs --proxy-protocol)",
     )
 
 
@@ -318,6 +388,11 @@ def check(args: argparse.Namespace) -> None:
             parser.error("--alpn needs --tls-cert (ALPN is part of the TLS handshake)")
         if args.unix is not None and args.workers > 1:
             parser.error("--workers needs TCP (SO_REUSEPORT), not --unix")
+        if args.proxy_trusted is not None and not args.proxy_protocol:
+            parser.error(
+                "--proxy-trusted needs --proxy-protocol "
+                "(it names the load balancers allowed to send PROXY headers)"
+            )
     elif args.command == "connect":
         if args.unix is not None:
             if args.host is not None:

@@ -3,13 +3,16 @@
 How this works: the parent binds the port with ``SO_REUSEPORT`` (choosing it
 when ``--port 0``) without listening on it, starts the child processes on
 that port, waits for each one's ``listening on`` line, relays their output
-line by line, and stops them (SIGTERM) when it is stopped or when one of
-them exits.
+line by line, and stops them at once (SIGINT) when it is cancelled or when
+one of them exits. When its *stop* event is set (the command got SIGTERM),
+it passes SIGTERM on to every worker instead, and returns 0 once each has
+shut down gracefully and exited with code 0.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from ._output import EXIT_NETWORK, Failure, host_port, listen_errors, say
+from ._output import EXIT_NETWORK, EXIT_OK, Failure, host_port, listen_errors, say
 
 
 class _LineReader:
@@ -50,15 +53,19 @@ async def echo_workers(
     workers: int,
     port: int,
     host: str,
-    tls_args: Sequence[str] = (),
+    worker_args: Sequence[str] = (),
+    stop: trio.Event | None = None,
     out: Callable[[str], object] = say,
 ) -> int:
-    """Run *workers* ``echo --reuse-port`` processes on one port until cancelled.
+    """Run *workers* ``echo --reuse-port`` processes on one port until
+    cancelled, or until *stop* is set: then SIGTERM them (each shuts down
+    gracefully) and return 0 once all have exited with code 0.
 
     The port is bound here first (``SO_REUSEPORT``, not listening: the kernel
     hands connections only to the workers' listening sockets), so ``port=0``
-    picks one port for all of them. Their output is relayed line by line.
-    Returns 1 if a worker fails.
+    picks one port for all of them. Every worker gets *worker_args* (TLS,
+    PROXY protocol, ``--grace``). Their output is relayed line by line.
+    Raises :class:`Failure` (exit code 1) if a worker fails.
     """
     with listen_errors(host_port(host, port)):
         infos = await trio.socket.getaddrinfo(
@@ -71,7 +78,7 @@ async def echo_workers(
         with listen_errors(host_port(host, port)):
             reserved.bind(sockaddr)
         bound_host, bound_port = reserved.getsockname()[:2]
-        command = _worker_command(str(bound_host), str(bound_port), tls_args)
+        command = _worker_command(str(bound_host), str(bound_port), worker_args)
         processes: list[trio.Process] = []
         readers: list[_LineReader] = []
         try:
@@ -81,13 +88,16 @@ async def echo_workers(
                 f"listening on {host_port(str(bound_host), int(bound_port))} "
                 f"(pid {os.getpid()}, workers {pids})"
             )
-            raise Failure(await _relay(processes, readers, out), EXIT_NETWORK)
+            failure = await _relay(processes, readers, out, stop)
+            if failure is not None:
+                raise Failure(failure, EXIT_NETWORK)
+            return EXIT_OK
         finally:
             with trio.CancelScope(shield=True):
                 await _stop(processes, readers, out)
 
 
-def _worker_command(host: str, port: str, tls_args: Sequence[str]) -> list[str]:
+def _worker_command(host: str, port: str, worker_args: Sequence[str]) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -98,7 +108,7 @@ def _worker_command(host: str, port: str, tls_args: Sequence[str]) -> list[str]:
         "--port",
         port,
         "--reuse-port",
-        *tls_args,
+        *worker_args,
     ]
 
 
@@ -123,32 +133,54 @@ async def _start(
 
 
 async def _relay(
-    processes: list[trio.Process], readers: list[_LineReader], out: Callable[[str], object]
-) -> str:
-    """Relay the workers' lines until one of them exits; say which."""
+    processes: list[trio.Process],
+    readers: list[_LineReader],
+    out: Callable[[str], object],
+    stop: trio.Event | None = None,
+) -> str | None:
+    """Relay the workers' lines until one of them exits: say which. Once
+    *stop* is set, SIGTERM every worker and relay until all have exited:
+    ``None`` if each exited with code 0."""
     failed: list[str] = []
+    stopping = False
+    running = len(processes)
     async with trio.open_nursery() as nursery:
 
         async def relay(process: trio.Process, reader: _LineReader) -> None:
+            nonlocal running
             while (line := await reader.next_line()) is not None:
                 out(line)
             code = await process.wait()
-            failed.append(f"echo worker {process.pid} exited (exit code {code})")
-            nursery.cancel_scope.cancel()
+            running -= 1
+            if not (stopping and code == 0):  # not shut down as asked
+                failed.append(f"echo worker {process.pid} exited (exit code {code})")
+            if failed or not running:
+                nursery.cancel_scope.cancel()
+
+        async def pass_on(stop: trio.Event) -> None:
+            nonlocal stopping
+            await stop.wait()
+            stopping = True
+            for process in processes:
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
 
         for process, reader in zip(processes, readers, strict=True):
             nursery.start_soon(relay, process, reader)
-    return failed[0]
+        if stop is not None:
+            nursery.start_soon(pass_on, stop)
+    return failed[0] if failed else None
 
 
 async def _stop(
     processes: list[trio.Process], readers: list[_LineReader], out: Callable[[str], object]
 ) -> None:
-    """SIGTERM every worker and relay what they print until they exit; SIGKILL
-    the ones still alive after 5 s; reap all."""
+    """Stop every worker still running at once (SIGINT: SIGTERM would give
+    its connections a grace) and relay what they print until they exit;
+    SIGKILL the ones still alive after 5 s; reap all."""
     for process in processes:
         if process.returncode is None:
-            process.terminate()
+            process.send_signal(signal.SIGINT)
 
     async def finish(process: trio.Process, reader: _LineReader | None) -> None:
         if reader is not None:
