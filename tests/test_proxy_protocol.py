@@ -1516,3 +1516,17 @@ def test_fuzz_socket_garbage_is_one_client_error(
 ) -> None:
     assume(model_outcome(data) == "invalid")
     trio.run(_garbage_exchange, cut(data, cuts), delays)
+
+
+def test_proxy_trusted_without_proxy_protocol_raises_at_the_call() -> None:
+    with pytest.raises(ValueError, match="needs proxy_protocol=True"):
+        net.create_server(proxy_trusted=["10.0.0.0/8"])
+
+
+async def test_a_refused_source_error_has_its_code() -> None:
+    async with proxy_server(proxy_trusted=["10.0.0.0/8"]) as harness:
+        with socket.create_connection((LOOPBACK, harness.port)):
+            await wait_until(lambda: harness.errors)
+    error = harness.errors[0][1]
+    assert isinstance(error, PermissionError)
+    assert error.code == "EACCES"

@@ -92,7 +92,9 @@ async def _proxy_header(
         OSError: the connection failed.
     """
     if not is_trusted(trusted, peer):
-        raise PermissionError(errno.EACCES, f"PROXY protocol: {peer[0]} is not a trusted proxy")
+        refused = PermissionError(errno.EACCES, f"PROXY protocol: {peer[0]} is not a trusted proxy")
+        refused.code = "EACCES"  # type: ignore[attr-defined]  # OSError instances take attributes
+        raise refused
     balancer = cast("tuple[str, int]", peer)[:2] if isinstance(peer, tuple) else None
     if not limit_ms:
         return parse(await read_header(sock), balancer)

@@ -89,10 +89,15 @@ class Server(Accepting):
     Args:
         connection_listener: added as a ``'connection'`` listener.
         max_connections: close new connections at once while this many are
-            open (default: no limit).
+            open (default: no limit); each is a ``'drop'``.
+        proxy_protocol: every connection starts with a PROXY protocol header
+            (v1 or v2) from a load balancer, read before ``'connection'``.
+        proxy_trusted: the networks a header is taken from (default: any);
+            a connection from elsewhere is a ``'clientError'``.
         **options: stream options applied to every accepted stream
             (``allow_half_open``, ``no_delay``, ``keep_alive``,
-            ``keep_alive_initial_delay``, ``high_water_mark``).
+            ``keep_alive_initial_delay``, ``high_water_mark``, ``timeout``,
+            and the TLS options with ``ssl``).
     """
 
     __slots__ = ()
@@ -109,6 +114,10 @@ class Server(Accepting):
         super().__init__()
         self._options = server_options(options, max_connections, proxy_protocol)
         self._proxy_trusted = trusted_networks(proxy_trusted)
+        if self._proxy_trusted is not None and not proxy_protocol:
+            raise ValueError(
+                "proxy_trusted names who may send PROXY headers: it needs proxy_protocol=True"
+            )
         if connection_listener is not None:
             self.on("connection", connection_listener)
         self._block = Block()

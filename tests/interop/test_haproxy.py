@@ -1,4 +1,4 @@
-"""The PROXY protocol against a real load balancer: HAProxy (SPEC "Servers in
+"""The PROXY protocol against a real load balancer: HAProxy (the contract's "Servers in
 production", ``proxy_protocol=`` / ``proxy_trusted=`` on ``create_server``).
 
 HAProxy runs in TCP mode in front of one of our servers, with ``send-proxy``
