@@ -17,7 +17,7 @@ import trio
 
 from ._ciphers import cipher_info
 from ._connection import local_address, plain_socket
-from ._tls import peer_certificate
+from ._tls import peer_certificate, session_of
 from ._typed import TypedEvents
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ class StreamProperties(TypedEvents):
         """The TLS session, to resume with the ``session`` option; ``None``
         before a handshake (a TLS 1.3 server sends it just after)."""
         ssl_object = self._ssl_object
-        return None if ssl_object is None else ssl_object.session
+        return None if ssl_object is None else session_of(ssl_object)
 
     def is_session_reused(self) -> bool:
         """Whether the handshake resumed the session given with ``session``."""
