@@ -59,10 +59,10 @@ def _not_found(host: str, why: str, cause: BaseException | None) -> OSError:
 
 
 async def _say(emit: Emit, event: str, *args: object) -> None:
-    """Emit *event*; a listener that destroyed the stream stops the dialing
-    here (the connection's step is cancelled), before anything more."""
+    """Emit *event* (*emit* emits nothing once the stream is destroyed; the
+    dialing then stops at its next checkpoint, which the destruction
+    cancelled)."""
     await emit(event, *args)
-    await trio.lowlevel.checkpoint_if_cancelled()
 
 
 def _version(family: int) -> int:
@@ -72,8 +72,8 @@ def _version(family: int) -> int:
 def order(candidates: list[Candidate]) -> list[Candidate]:
     """RFC 8305's order: the families interleaved, the resolver's first family
     first, each family in the resolver's order."""
-    if not candidates:
-        return []
+    if len(candidates) < 2:
+        return candidates
     first = candidates[0][0]
     ours = [c for c in candidates if c[0] == first]
     others = [c for c in candidates if c[0] != first]
@@ -119,8 +119,9 @@ class Attempt:
 
 
 async def _connect(attempt: Attempt, options: StreamOptions) -> None:
-    """Make, bind and connect the attempt's socket; a failure is its error."""
-    await trio.lowlevel.checkpoint_if_cancelled()  # a racing task cancelled before it ran
+    """Make, bind and connect the attempt's socket; a failure is its error.
+    (``connect()`` checkpoints first: a racing task cancelled before it ran
+    closes the socket it just made.)"""
     try:
         sock = attempt.sock = _stdlib_socket.socket(attempt.family, _stdlib_socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -186,7 +187,6 @@ async def dial(
             failure, with ``.attempts``), or ``connect_timeout`` ran out
             (``TimeoutError``, ``ETIMEDOUT``).
     """
-    await trio.lowlevel.checkpoint_if_cancelled()  # destroyed before its task ran: no event
     attempts: list[Attempt] = []
     timeout = options.connect_timeout
     try:

@@ -301,7 +301,7 @@ class Connection:
         if self.transport is None:
             assert self.task_nursery is not None
             self.transport, peer = await dial(
-                self.target, self.options, self.emit, self.task_nursery
+                self.target, self.options, self._emit_dialing, self.task_nursery
             )
             if self.stopped:
                 return False  # destroyed as the connection came up: teardown closes it
@@ -316,6 +316,11 @@ class Connection:
         kick_writer(self)  # what was queued while connecting, an early end()
         await self.emit("connect")
         return True
+
+    async def _emit_dialing(self, event: str, *args: object) -> None:
+        """The connecting events: none once the stream is destroyed."""
+        if not self.stopped:
+            await self.emit(event, *args)
 
     async def teardown(self) -> None:
         """Close the transport, then emit ``'error'`` (if any) and ``'close'``."""
