@@ -107,8 +107,8 @@ class TLSTransport(trio.abc.HalfCloseableStream):
         choices = self.choices
         while True:
             try:
-                if choices is None:
-                    self.ssl_object.do_handshake()
+                if choices is None or not self._incoming.pending:
+                    self.ssl_object.do_handshake()  # nothing to read: no callback can come
                 else:
                     with choices.applied(self.ssl_object.context):
                         self.ssl_object.do_handshake()
