@@ -36,6 +36,7 @@ from __future__ import annotations
 import socket as _stdlib_socket
 import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -301,7 +302,7 @@ class Connection:
         if self.transport is None:
             assert self.task_nursery is not None
             self.transport, peer = await dial(
-                self.target, self.options, self._emit_dialing, self.task_nursery
+                self.target, self.options, partial(_emit_dialing, self), self.task_nursery
             )
             if self.stopped:
                 return False  # destroyed as the connection came up: teardown closes it
@@ -316,11 +317,6 @@ class Connection:
         kick_writer(self)  # what was queued while connecting, an early end()
         await self.emit("connect")
         return True
-
-    async def _emit_dialing(self, event: str, *args: object) -> None:
-        """The connecting events: none once the stream is destroyed."""
-        if not self.stopped:
-            await self.emit(event, *args)
 
     async def teardown(self) -> None:
         """Close the transport, then emit ``'error'`` (if any) and ``'close'``."""
@@ -553,6 +549,12 @@ class Connection:
             and (upgrade or self.flow.kept)
         ):
             self.step_scope.cancel()
+
+
+async def _emit_dialing(conn: Connection, event: str, *args: object) -> None:
+    """The connecting events: none once the stream is destroyed."""
+    if not conn.stopped:
+        await conn.emit(event, *args)
 
 
 def _handshaking_for_a_server(conn: Connection) -> bool:
