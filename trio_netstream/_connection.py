@@ -462,12 +462,6 @@ class Connection:
         Once ``'close'`` is coming, a late failure changes nothing."""
         if self.over:
             return
-        if isinstance(error, BrokenPipeError):
-            raw = getattr(self.transport, "raw", self.transport)
-            if isinstance(raw, SocketTransport):
-                reset = raw.reset_error()
-                if reset is not None:
-                    error = translate(reset)  # what Node reports: its read sees the reset
         if self.error is None and not self.destroyed:
             self.error = error
             if not self.flow.sm.destroyed:
@@ -574,7 +568,13 @@ def send_failed(conn: Connection, error: BaseException, *, in_write: bool = Fals
     reset socket is always readable): the reader delivers them, then
     reports the failure, so no received byte is lost (Node loses them).
     A reset outranks the ``EPIPE`` that later sends meet (the kernel
-    reports a reset once). Otherwise the connection fails now."""
+    reports a reset once: to a read, or to the peek an ``EPIPE`` makes
+    here). Otherwise the connection fails now."""
+    if isinstance(error, BrokenPipeError) and not isinstance(conn.send_error, ConnectionResetError):
+        raw = getattr(conn.transport, "raw", conn.transport)
+        reset = raw.reset_error() if isinstance(raw, SocketTransport) else None
+        if reset is not None:
+            error = translate(reset)  # what Node reports: its read sees the reset
     if conn.send_error is None or (
         isinstance(error, ConnectionResetError)
         and not isinstance(conn.send_error, ConnectionResetError)

@@ -48,11 +48,10 @@ _PEER_GONE = (errno.EPIPE, errno.ECONNRESET)
 class Writer:
     """The state of a connection's writable side, made when first needed."""
 
-    __slots__ = ("done", "finished", "lot", "sending", "started", "task")
+    __slots__ = ("done", "finished", "lot", "started", "task")
 
     def __init__(self) -> None:
         self.started = False  # the task was started (it is never started twice)
-        self.sending = False  # in the transport's send_all()
         self.finished = False  # the EOF was sent, or the task ended
         self.done: trio.Event | None = None
         self.lot: trio.lowlevel.ParkingLot | None = None
@@ -156,12 +155,8 @@ async def _write_loop(conn: Connection) -> None:
                 continue
             if flow.queue:
                 data = flow.take()
-                writer.sending = True
-                try:
-                    with transport_errors(sending=True):
-                        await transport.send_all(data)
-                finally:
-                    writer.sending = False
+                with transport_errors(sending=True):
+                    await transport.send_all(data)
                 if conn.stopped:
                     return  # destroyed or failed meanwhile: the queue is gone
                 if flow.idle_period:
@@ -210,7 +205,7 @@ async def let_a_failing_send_report(conn: Connection) -> None:
     only an end of file (the kernel reports a reset once), which must not
     pass for the peer's ``'end'``."""
     writer = conn.writer
-    if writer is not None and writer.sending:
+    if writer is not None and writer.started and conn.flow.queued:  # a send is under way
         await trio.lowlevel.checkpoint()
 
 
