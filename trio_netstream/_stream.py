@@ -37,13 +37,13 @@ from ._connection import (
     note_addresses,
     send_failed,
 )
-from ._controls import StreamControls
 from ._dial import Target
 from ._emitter import EventEmitter
 from ._encoding import encode, normalize
 from ._errors import StreamStateError, translate
 from ._feed import open_feed
 from ._flow import Flow
+from ._io import StreamIO, not_running
 from ._options import StreamOptions, check_port, ip_version, is_path, stream_options
 from ._socket import SocketTransport
 from ._state import WRITABLE, Input, State
@@ -79,16 +79,6 @@ def _target(port: object, host: object, options: StreamOptions) -> Target:
     if version is not None and local is not None and ip_version(local) != version:
         raise ValueError(f"host {target.host!r} is IPv{version}, but local_address is {local!r}")
     return target
-
-
-def _not_running(call: str) -> StreamStateError:
-    """What *call* raises where it would wait for a client stream whose tasks
-    do not run: it is not in its ``async with`` block."""
-    return StreamStateError(
-        f"{call} would wait forever: the stream is not running. Run it in its"
-        " block first: `async with net.create_connection(...) as stream:` (or"
-        " `async with stream:`), and wait inside the block"
-    )
 
 
 def _check_chunk(data: object, encoding: object) -> bytes:
@@ -147,7 +137,7 @@ class _BlockOwner:
         return False  # a server's event only
 
 
-class Stream(StreamControls):
+class Stream(StreamIO):
     """A TCP or UNIX-socket stream with Node's ``net.Stream`` events.
 
     Create one with :func:`~trio_netstream.create_connection`,
@@ -200,6 +190,7 @@ class Stream(StreamControls):
         self._nursery: trio.Nursery | None = None
         self._start_pending = False
         self._server_side = _accepted is not None
+        self._pipes = None
         if _accepted is not None:
             self._adopt(_accepted.transport, _accepted.peer, fresh=_accepted.fresh)
             conn = self._conn
@@ -432,12 +423,6 @@ class Stream(StreamControls):
 
     # -- Trio-native extras -----------------------------------------------------
 
-    @property
-    def _idle_client(self) -> bool:
-        """A client stream outside its block: no task of it runs, so waiting
-        for it would never end. (A server-side stream runs in its server's.)"""
-        return self._nursery is None and not self._server_side
-
     async def drain(self) -> None:
         """Wait until every queued byte has been handed to the kernel (and the
         ``'drain'`` owed to a ``write()`` that returned ``False`` was emitted).
@@ -465,7 +450,7 @@ class Stream(StreamControls):
                 return  # flushed, and the 'drain' a False write() promised came first
             check_drain_may_wait(conn)
             if self._idle_client:
-                raise _not_running("drain()")
+                raise not_running("drain()")
             await conn.wait_flushed()
 
     async def wait_closed(self) -> None:
@@ -476,7 +461,7 @@ class Stream(StreamControls):
         """
         while self._conn is not None and not self._conn.closed:
             if self._idle_client:
-                raise _not_running("wait_closed()")
+                raise not_running("wait_closed()")
             await self._conn.wait_closed()
         await trio.lowlevel.checkpoint()
 
@@ -490,7 +475,7 @@ class Stream(StreamControls):
         """
         flow = self._flow
         if not flow.sm.reading_over and self._idle_client:
-            raise _not_running("async for")
+            raise not_running("async for")
         if flow.feed is not None and flow.feed.alive:
             raise StreamStateError("the stream is already being iterated")
         flow.feed, iterator = open_feed(flow)
