@@ -5,6 +5,7 @@ runtime; every test is a plain function)."""
 from __future__ import annotations
 
 import ast
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,10 @@ def test_what_comes_before_each_event_is_one_table() -> None:
         # and the decoder's tail: 'end' comes after every 'data'.
         "end": (Step.OWED_DRAIN, Step.RESUMED, Step.KEPT, Step.TAIL),
         # 'secure': plaintext read before set_secure() is delivered (or
-        # dropped) before it: nothing read earlier comes after 'secure'.
-        "secure": (Step.OWED_DRAIN, Step.TAIL, Step.KEPT, Step.PLAINTEXT_OVER),
+        # dropped) before it: nothing read earlier comes after 'secure'. The
+        # kept bytes are raw and come after what the decoder holds, so they
+        # go through it before its tail is flushed.
+        "secure": (Step.OWED_DRAIN, Step.KEPT, Step.TAIL, Step.PLAINTEXT_OVER),
     }
 
 
@@ -177,27 +180,69 @@ def test_base64_tail_keeps_its_padding() -> None:
     assert flow.take_tail() == ["YWI="]
 
 
-def test_kept_chunks_are_bounded_by_the_high_water_mark() -> None:
+def test_kept_bytes_are_bounded_by_the_high_water_mark() -> None:
     flow = flow_in(State.OPEN, high_water_mark=4)
     flow.keep(b"ab")
     assert not flow.kept_full
     flow.keep(b"cd")
     assert flow.kept_full
-    assert flow.take_kept() == b"ab"
-    assert (flow.kept, flow.kept_size) == ([b"cd"], 2)
-    flow.keep(b"zz", first=True)
-    assert flow.kept == [b"zz", b"cd"]
+    assert flow.take_chunk() == b"ab"  # the chunks as they came
+    assert flow.take_chunk() == b"cd"
+    assert flow.kept == b"" and not flow.kept_full
+    flow.keep(b"cd")
+    flow.put_back(b"zz")  # a chunk nobody took goes back first in line
+    assert flow.kept == b"zzcd"
 
 
-def test_set_encoding_converts_the_kept_chunks() -> None:
+def test_kept_bytes_stay_raw_and_are_decoded_when_taken() -> None:
     flow = flow_in(State.OPEN)
     flow.keep(b"h\xc3")
     flow.keep(b"\xa9")
     flow.set_encoding("utf8")
-    assert flow.kept == ["h", "\u00e9"]
-    assert flow.kept_size == 2
+    assert flow.kept == b"h\xc3\xa9"  # a pull read would take these bytes
+    assert flow.take_chunk() == "h"
+    assert flow.take_chunk() == "\u00e9"
+    flow.keep(b"\xff")
     flow.set_encoding(None)
-    assert flow.kept == [b"h", b"\xc3\xa9"]
+    assert flow.take_chunk() == b"\xff"  # lossless: never decoded
+
+
+def test_kept_bytes_continue_what_the_decoder_holds() -> None:
+    flow = flow_in(State.OPEN)
+    flow.set_encoding("utf8")
+    assert flow.decode(b"\xe2\x82") is None  # half a euro sign, delivered as nothing
+    flow.keep(b"\xac!")
+    assert flow.take_chunk() == "\u20ac!"
+
+
+def test_undecoded_bytes_go_back_in_front_of_the_kept_ones() -> None:
+    flow = flow_in(State.OPEN)
+    flow.set_encoding("utf8")
+    assert flow.decode(b"\xe2\x82") is None
+    flow.keep(b"\xac")
+    flow.unread(flow.undecoded())  # what a pull read does first
+    assert flow.kept == "\u20ac".encode()
+    assert flow.take_bytes(2) == b"\xe2\x82" and flow.kept_sizes == deque([1])
+    assert flow.decode(b"A") == "A"  # the decoder started afresh
+
+
+def test_a_chunk_put_back_is_encoded_again_before_the_decoder_held_bytes() -> None:
+    flow = flow_in(State.OPEN)
+    flow.set_encoding("utf8")
+    assert flow.decode(b"ok\xe2") == "ok"
+    flow.keep(b"\x82\xac")
+    flow.put_back("ok")  # async for was left while it was being handed over
+    assert flow.kept == b"ok" + "\u20ac".encode()
+
+
+def test_the_final_chunk_carries_the_decoder_tail() -> None:
+    flow = flow_in(State.OPEN)
+    flow.set_encoding("base64")
+    flow.keep(b"abcd")
+    flow.keep(b"e")
+    assert flow.take_chunk(final=True) == "YWJj"  # a group of three; "d" is held
+    assert flow.take_chunk(final=True) == "ZGU="  # the last chunk, and the tail
+    assert flow.take_chunk(final=True) is None
 
 
 def test_a_bad_encoding_changes_nothing() -> None:
@@ -205,16 +250,16 @@ def test_a_bad_encoding_changes_nothing() -> None:
     flow.keep(b"x")
     with pytest.raises(ValueError):
         flow.set_encoding("klingon")
-    assert (flow.kept, flow.encoding, flow.decoder) == ([b"x"], None, None)
+    assert (flow.kept, flow.encoding, flow.decoder) == (b"x", None, None)
 
 
 def test_the_end_of_plaintext_drops_kept_bytes_and_restarts_the_decoder() -> None:
     flow = flow_in(State.OPEN)
     flow.set_encoding("hex")
-    flow.keep("00")
+    flow.keep(b"00")
     decoder = flow.decoder
     flow.end_plaintext()
-    assert not flow.kept and flow.kept_size == 0
+    assert not flow.kept
     assert flow.decoder is not decoder and flow.encoding == "hex"
 
 
@@ -229,7 +274,8 @@ def test_reset_starts_a_connection_clean() -> None:
     assert flow.decode(b"\xe2\x82") is None  # half a character
     flow.reset()
     assert flow.decode(b"A") == "A"  # the new connection decodes afresh
-    assert (flow.queued, flow.queue, flow.need_drain, flow.kept) == (0, [], False, None)
+    assert (flow.queued, flow.queue, flow.need_drain, flow.kept) == (0, [], False, b"")
+    assert not flow.pulled
     assert (flow.bytes_read, flow.bytes_written) == (0, 0)
     assert flow.paused and flow.encoding == "utf8"  # these belong to the stream
 
@@ -249,6 +295,7 @@ class FlowMachine(RuleBasedStateMachine):
         self.in_flight: list[int] = []  # sizes taken by the writer, not yet sent
         self.owed = False  # a write() answered False and no 'drain' came since
         self.ended = False
+        self.kept = b""  # what the flow must hold, raw
 
     @rule(size=st.integers(0, 100))
     def write(self, size: int) -> None:
@@ -301,14 +348,22 @@ class FlowMachine(RuleBasedStateMachine):
             flow.set_encoding(encoding)
         if data:
             flow.bytes_read += len(data)
-            chunk = flow.decode(data)
-            if chunk:
-                flow.keep(chunk)
+            flow.keep(data)
+            self.kept += data
 
     @precondition(lambda self: bool(self.flow.kept))
     @rule()
     def consumer_takes(self) -> None:
-        self.flow.take_kept()
+        first = self.flow.kept_sizes[0]  # one chunk, as the socket gave it
+        self.flow.take_chunk()
+        self.kept = self.kept[first:]
+
+    @precondition(lambda self: bool(self.flow.kept))
+    @rule(size=st.integers(1, 8))
+    def pull_read_takes(self, size: int) -> None:
+        taken = self.flow.take_bytes(min(size, len(self.flow.kept)))
+        assert taken == self.kept[:size]
+        self.kept = self.kept[size:]
 
     @invariant()
     def queue_accounting(self) -> None:
@@ -318,8 +373,9 @@ class FlowMachine(RuleBasedStateMachine):
         assert flow.queued >= 0
 
     @invariant()
-    def kept_accounting(self) -> None:
-        assert self.flow.kept_size == sum(map(len, self.flow.kept or ()))
+    def kept_bytes_are_raw(self) -> None:
+        assert self.flow.kept == self.kept  # set_encoding() never touches them
+        assert sum(self.flow.kept_sizes) == len(self.kept) and all(self.flow.kept_sizes)
 
     @invariant()
     def drain_rules(self) -> None:

@@ -45,7 +45,8 @@ import trio
 from ._attempts import dial
 from ._dial import set_socket_options
 from ._errors import StreamStateError, TransportError, translate
-from ._reader import deliver, end_of_input, read_session, secure, settle
+from ._pull import wake_puller
+from ._reader import deliver, end_of_input, has_consumer, read_session, secure, settle
 from ._socket import SocketTransport
 from ._state import Input
 from ._timer import start_timer
@@ -341,14 +342,17 @@ class Connection:
             if error is not None:
                 feed = self.flow.feed
                 handled = feed is not None and feed.finish(error)
+                handled = wake_puller(self.flow, error) or handled
                 if _handshaking_for_a_server(self):
                     handled = await self.owner.tls_failed(self.host, error) or handled
                 if self.listens("error"):
                     await self.emit_final("error", error)
                 elif not handled:
                     unhandled = True
-            elif self.flow.feed is not None:
-                self.flow.feed.finish(None)
+            else:
+                if self.flow.feed is not None:
+                    self.flow.feed.finish(None)
+                wake_puller(self.flow, None)
         finally:
             await self._close(error, unhandled)
 
@@ -371,11 +375,6 @@ class Connection:
 
     def listens(self, event: str) -> bool:
         return self.host.listener_count(event) > 0
-
-    def has_consumer(self) -> bool:
-        """A ``'data'`` listener or a live ``async for`` takes chunks."""
-        feed = self.flow.feed
-        return self.host.listener_count("data") > 0 or (feed is not None and feed.alive)
 
     def allowed(self, event: str) -> bool:
         """Whether the connection's tasks may emit *event* now: nothing once
@@ -527,20 +526,22 @@ class Connection:
         await self.resume_lot.park()
 
     async def wait_resumed(self) -> None:
-        while self.flow.paused:
+        """Until the stream is resumed, or a pull read waits (they read while paused)."""
+        while self.flow.paused and self.flow.puller is None:
             await self.park_reader()
 
-    def wake_reader(self, *, upgrade: bool = False) -> None:
-        """A consumer arrived, the stream resumed, or TLS starts: let the
-        reader go on. A receive is interrupted only on a plaintext transport
-        (interrupting a TLS read could lose a record)."""
+    def wake_reader(self, *, interrupt: bool = False) -> None:
+        """A consumer arrived, the stream resumed, TLS starts or pull reads
+        begin: let the reader go on. A receive under way is interrupted when
+        kept bytes wait for the new consumer, or on *interrupt*; only on a
+        plaintext transport (interrupting a TLS read could lose a record)."""
         if self.resume_lot is not None:
             self.resume_lot.unpark_all()
         if (
             self.in_receive
             and self.step_scope is not None
             and (self.upgrade is None or self.upgrade.tls is None)
-            and (upgrade or self.flow.kept)
+            and (interrupt or self.flow.kept)
         ):
             self.step_scope.cancel()
 
@@ -591,7 +592,7 @@ def send_failed(conn: Connection, error: BaseException, *, in_write: bool = Fals
         and conn.upgrade is None
         and not conn.flow.paused
         and not conn.flow.sm.reading_over  # the reader is still reading
-        and conn.has_consumer()
+        and has_consumer(conn)
     ):
         conn.send_failed_first = True
         conn.flow.drop_writes()

@@ -179,7 +179,7 @@ class StreamControls(StreamProperties):
         conn.direct = None
         self._flow.set_plaintext_aside()
         kick_writer(conn)
-        conn.wake_reader(upgrade=True)
+        conn.wake_reader(interrupt=True)
 
     # -- reading ---------------------------------------------------------------
 

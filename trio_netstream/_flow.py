@@ -26,8 +26,13 @@ The rules that order a connection's events are written here once:
   :data:`BEFORE`: before ``'data'``, the stream is resumed and the owed
   drain emitted; before ``'end'``, also the kept chunks (to a consumer that
   came meanwhile) and the decoder's tail; before ``'secure'``, the owed
-  drain, the decoder's tail and the kept plaintext, which then ends
+  drain, the kept plaintext and the decoder's tail, and then plaintext ends
   (nothing read before a TLS upgrade is ever delivered after ``'secure'``).
+* **Kept bytes are raw.** What was received and not delivered yet is kept
+  as bytes and decoded when a ``'data'`` listener or ``async for`` takes
+  it; the pull reads (``read_until``...) take it as it came. When nobody
+  takes chunks, the decoder's tail goes back in front of the kept bytes
+  (:meth:`Flow.undecoded`) instead of being delivered.
 * **'close' is final**: the connection refuses every emission once it
   emitted ``'close'`` (``_connection``).
 
@@ -37,6 +42,7 @@ This module imports no Trio.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from typing import Any
 
 from ._encoding import Decoder, encode, get_decoder
@@ -58,7 +64,7 @@ class Step(enum.Enum):
     RESUMED = "wait until the stream is resumed"
     OWED_DRAIN = "emit the owed 'drain' if it is due"
     KEPT = "deliver the kept chunks, if a consumer takes them"
-    TAIL = "deliver what the decoder still holds"
+    TAIL = "deliver what the decoder still holds (nobody takes chunks: keep it raw)"
     PLAINTEXT_OVER = "drop plaintext nobody took; a fresh decoder for TLS"
 
 
@@ -67,7 +73,7 @@ class Step(enum.Enum):
 BEFORE: dict[str, tuple[Step, ...]] = {
     "data": (Step.RESUMED, Step.OWED_DRAIN),
     "end": (Step.OWED_DRAIN, Step.RESUMED, Step.KEPT, Step.TAIL),
-    "secure": (Step.OWED_DRAIN, Step.TAIL, Step.KEPT, Step.PLAINTEXT_OVER),
+    "secure": (Step.OWED_DRAIN, Step.KEPT, Step.TAIL, Step.PLAINTEXT_OVER),
 }
 
 
@@ -88,13 +94,17 @@ class Flow:
         "high_water_mark",
         "idle_period",
         "kept",
-        "kept_size",
+        "kept_sizes",
         "last_activity",
         "need_drain",
         "paused",
         "plain_queue",
+        "pull_budget",
+        "pulled",
+        "puller",
         "queue",
         "queued",
+        "scanned",
         "sm",
         "step_start",
         "step_writes",
@@ -113,8 +123,15 @@ class Flow:
         self.step_start = 0  # bytes_written when it last yielded
         # Reading.
         self.paused = False
-        self.kept: list[Chunk] | None = None  # for a consumer that has not come yet
-        self.kept_size = 0
+        # Received bytes not delivered yet, raw (decoded when a 'data'
+        # listener or ``async for`` takes them): for a consumer that has not
+        # come yet, and the buffer of the pull reads (``_pull``).
+        self.kept = bytearray()
+        self.kept_sizes: deque[int] = deque()  # the chunks kept, as the socket gave them
+        self.scanned = 0  # how far read_until() searched kept for its separator
+        self.pulled = False  # pull reads consume this connection (see wants_input)
+        self.puller: Any = None  # the pull read waiting for bytes
+        self.pull_budget = 0  # bytes pull reads returned since their last schedule point
         self.decoder: Decoder | None = None
         self.encoding: str | None = None
         self.carry = b""  # bytes an earlier decoder held, for the current one
@@ -135,8 +152,10 @@ class Flow:
         self.plain_queue = None
         self.need_drain = False
         self.step_writes = self.step_start = 0
-        self.kept = None
-        self.kept_size = 0
+        self.kept = bytearray()
+        self.kept_sizes.clear()
+        self.scanned = 0
+        self.pulled = False
         self.bytes_read = self.bytes_written = 0
         # Decoding starts afresh: half a character of the last connection
         # is not the start of this one's first.
@@ -250,37 +269,89 @@ class Flow:
 
     def end_plaintext(self) -> None:
         """Before TLS: plaintext nobody took is dropped; decoding starts afresh."""
-        self.kept = None
-        self.kept_size = 0
+        self.kept = bytearray()
+        self.kept_sizes.clear()
+        self.scanned = 0
         if self.decoder is not None:
             self.decoder = get_decoder(self.encoding or "utf8")
 
-    def keep(self, chunk: Chunk, *, first: bool = False) -> None:
-        """Keep *chunk* for a consumer that has not come yet."""
-        if self.kept is None:
-            self.kept = [chunk]
-        elif first:
-            self.kept.insert(0, chunk)
-        else:
-            self.kept.append(chunk)
-        self.kept_size += len(chunk)
+    def keep(self, data: bytes) -> None:
+        """Keep received *data* (raw) for a consumer."""
+        self.kept += data
+        self.kept_sizes.append(len(data))
 
-    def take_kept(self) -> Chunk:
-        """The first kept chunk (the caller checked that there is one)."""
-        assert self.kept
-        chunk = self.kept.pop(0)
-        self.kept_size -= len(chunk)
-        return chunk
+    def unread(self, data: bytes) -> None:
+        """Put *data* back in front of what is kept (joining the first chunk)."""
+        if data:
+            self.kept[0:0] = data
+            sizes = self.kept_sizes
+            if sizes:
+                sizes[0] += len(data)
+            else:
+                sizes.append(len(data))
+            self.scanned = 0
+
+    def take_bytes(self, size: int) -> bytes:
+        """The first *size* kept bytes, raw (a pull read's)."""
+        kept = self.kept
+        data = bytes(kept) if size == len(kept) else bytes(memoryview(kept)[:size])
+        del kept[:size]
+        self.scanned = 0
+        sizes = self.kept_sizes
+        while size:
+            if sizes[0] > size:
+                sizes[0] -= size
+                break
+            size -= sizes.popleft()
+        return data
+
+    def take_chunk(self, *, final: bool = False) -> Chunk | None:
+        """The first kept chunk, decoded (``None``: nothing to deliver yet);
+        *final*: the input is over, so the last one comes with what the
+        decoder still holds."""
+        raw = self.take_bytes(self.kept_sizes[0]) if self.kept else b""
+        chunk = self.decode(raw) if raw else None
+        if not final or self.kept:
+            return chunk
+        parts = ([chunk] if chunk else []) + self.take_tail()
+        if not parts:
+            return None
+        if isinstance(parts[0], str):
+            return "".join(part for part in parts if isinstance(part, str))
+        return b"".join(part for part in parts if isinstance(part, bytes))
+
+    def put_back(self, chunk: Chunk) -> None:
+        """A decoded *chunk* nobody took goes back in front of what is kept,
+        raw again, followed by what the decoder still held (lossless except
+        where decoding was: U+FFFD, ASCII's masked high bit)."""
+        raw = chunk if isinstance(chunk, bytes) else encode(chunk, self.encoding or "utf8")
+        held = self.undecoded()
+        self.unread(held)
+        self.kept[0:0] = raw
+        self.kept_sizes.appendleft(len(raw))
+
+    def undecoded(self) -> bytes:
+        """Take the bytes fed to the decoder that it has not decoded yet (it
+        starts afresh): they come before everything kept."""
+        held = self.carry
+        self.carry = b""
+        decoder = self.decoder
+        if decoder is not None:
+            pending = decoder.pending()
+            if pending:
+                held = pending + held
+                self.decoder = get_decoder(self.encoding or "utf8")
+        return held
 
     @property
     def kept_full(self) -> bool:
-        """Kept chunks reached the high-water mark: stop reading until a consumer comes."""
-        return bool(self.kept) and self.kept_size >= self.high_water_mark
+        """Kept bytes reached the high-water mark: stop reading until a consumer comes."""
+        return len(self.kept) >= self.high_water_mark and bool(self.kept)
 
     def set_encoding(self, encoding: str | None) -> None:
-        """Decode with *encoding* from now on (``None``: bytes). Kept chunks
-        were not delivered yet: they come in the new encoding too, as Node's
-        ``setEncoding()`` converts its buffer; bytes the old decoder held (a
+        """Decode with *encoding* from now on (``None``: bytes). Kept bytes
+        were not decoded yet: they come in the new encoding (as Node's
+        ``setEncoding()`` converts its buffer); bytes the old decoder held (a
         split character) go first into the new one.
 
         Raises:
@@ -288,13 +359,6 @@ class Flow:
         """
         new = None if encoding is None else get_decoder(encoding)
         held = b"" if self.decoder is None else self.decoder.pending()
-        kept = self.kept
-        if kept:
-            old = self.encoding or "utf8"  # text is only kept while an encoding is set
-            raw = [chunk if isinstance(chunk, bytes) else encode(chunk, old) for chunk in kept]
-            chunks = raw if new is None else [new.decode(chunk) for chunk in raw]
-            self.kept = [chunk for chunk in chunks if chunk]
-            self.kept_size = sum(map(len, self.kept))
         self.decoder = new
         self.encoding = encoding
         self.carry = held + self.carry

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from ._controls import StreamControls
 from ._errors import StreamStateError
+from ._pull import check_max_size, check_separator, prepare, pull, returned
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -46,20 +49,94 @@ class StreamIO(StreamControls):
     # -- pull reads (_pull) ------------------------------------------------
 
     async def read_until(self, separator: bytes, *, max_size: int = 65536) -> bytes:
-        """The received bytes up to and including *separator*."""
-        raise NotImplementedError
+        """The received bytes up to and including *separator*.
+
+        A pull consumer, like ``async for``: the socket is read while a pull
+        read waits (also while paused), and after the first one only then.
+        Returns ``bytes`` whatever :meth:`set_encoding` says. Mixes with the
+        other pull reads and ``async for``: no byte is lost or repeated.
+
+        Args:
+            separator: non-empty ``bytes``.
+            max_size: the most bytes to return, *separator* included.
+
+        Raises:
+            EOFError: the input ended before *separator*; ``.partial`` holds
+                the bytes that came (they are taken).
+            ValueError: *max_size* bytes came without *separator* (they stay
+                readable), or an empty separator / a *max_size* below 1.
+            TypeError: an argument of the wrong type.
+            StreamStateError: a ``'data'`` listener is attached, another pull
+                read of this stream waits, or the stream is not running.
+            OSError: the stream failed (its error; handled when raised while
+                waiting, as in ``async for``).
+
+        Cancelling it takes nothing: the bytes stay readable.
+        """
+        sep = check_separator(separator)
+        limit = check_max_size(max_size)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        flow = self._flow
+        prepare(self, self._conn, flow, "read_until()")
+        size = len(sep)
+        while True:
+            kept = flow.kept
+            found = kept.find(sep, flow.scanned, limit)
+            if found >= 0:
+                return await returned(flow, flow.take_bytes(found + size))
+            if len(kept) >= limit:
+                raise ValueError(
+                    f"read_until(): no {sep!r} in the first {limit} bytes (max_size);"
+                    " they stay readable"
+                )
+            flow.scanned = max(0, len(kept) - size + 1)
+            await self._pull(f"{sep!r}")
 
     async def readline(self, *, max_size: int = 65536) -> bytes:
-        """``read_until(b"\\n")``."""
+        """``read_until(b"\\n", max_size=max_size)``: a line with its ``\\n``."""
         return await self.read_until(b"\n", max_size=max_size)
 
     async def read_exactly(self, n: int) -> bytes:
-        """Exactly *n* received bytes."""
-        raise NotImplementedError
+        """Exactly *n* received bytes (a pull read, see :meth:`read_until`).
+
+        Raises:
+            EOFError: the input ended first; ``.partial`` holds what came.
+            TypeError, ValueError: *n* is not an int, or is negative.
+            StreamStateError, OSError: as :meth:`read_until`.
+        """
+        if type(n) is not int and (isinstance(n, bool) or not isinstance(n, int)):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"n must not be negative, not {n}")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        flow = self._flow
+        prepare(self, self._conn, flow, "read_exactly()")
+        while len(flow.kept) < n:
+            await self._pull(f"{n} bytes")
+        return await returned(flow, flow.take_bytes(n))
 
     async def read(self, max_size: int = 65536) -> bytes:
-        """What was received: at least one byte, at most *max_size*; ``b""`` at EOF."""
-        raise NotImplementedError
+        """What was received: at least one byte, at most *max_size*; ``b""``
+        at the end of the input (a pull read, see :meth:`read_until`).
+
+        Raises:
+            TypeError, ValueError: *max_size* is not an int, or below 1.
+            StreamStateError, OSError: as :meth:`read_until`.
+        """
+        limit = check_max_size(max_size)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        flow = self._flow
+        prepare(self, self._conn, flow, "read()")
+        while not flow.kept:
+            if await self._pull("", eof_ok=True) is not None:
+                return b""
+        return await returned(flow, flow.take_bytes(min(limit, len(flow.kept))))
+
+    async def _pull(self, what: str, *, eof_ok: bool = False) -> bytes | None:
+        """Wait for more bytes (see :func:`~trio_netstream._pull.pull`)."""
+        if self._idle_client and not self._flow.sm.reading_over:
+            raise not_running("a pull read")
+        return await pull(self._conn, self._flow, what, eof_ok=eof_ok)
 
     # -- pipes (_pipe) -----------------------------------------------------
 

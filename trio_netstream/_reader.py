@@ -25,16 +25,50 @@ import trio
 
 from ._errors import TransportError, translate, transport_errors
 from ._flow import BEFORE, Chunk, Step
+from ._pull import served, wake_puller
 from ._state import Input
 from ._tls import TLSTransport, make_transport, verify
 
 if TYPE_CHECKING:
     from ._connection import Connection, Upgrade
 
-__all__ = ["READ_SIZE", "deliver", "end_of_input", "read_session", "secure", "settle"]
+__all__ = [
+    "READ_SIZE",
+    "deliver",
+    "end_of_input",
+    "has_consumer",
+    "pushes",
+    "read_session",
+    "secure",
+    "settle",
+]
 
 #: Bytes asked of the transport per read (at or below glibc's mmap threshold).
 READ_SIZE = 64 * 1024
+
+
+def pushes(conn: Connection) -> bool:
+    """Chunks go to a ``'data'`` listener or a live ``async for`` (one not
+    set aside by a waiting pull read)."""
+    flow = conn.flow
+    feed = flow.feed
+    return conn.host.listener_count("data") > 0 or (
+        feed is not None and flow.puller is None and feed.alive
+    )
+
+
+def has_consumer(conn: Connection) -> bool:
+    """Somebody takes what is read: chunks are pushed, or a pull read waits."""
+    return conn.flow.puller is not None or pushes(conn)
+
+
+def reads_for_nobody(conn: Connection) -> bool:
+    """Nobody takes what would be read, and nothing more may be kept for
+    them: the kept bytes reached the high-water mark, or pull reads consume
+    this stream (they read only while called) and this side did not end (it
+    can no longer upgrade to TLS, and the peer's end must be seen)."""
+    flow = conn.flow
+    return (flow.kept_full or (flow.pulled and not flow.sm.write_ended)) and not has_consumer(conn)
 
 
 async def settle(conn: Connection, event: str) -> None:
@@ -47,11 +81,14 @@ async def settle(conn: Connection, event: str) -> None:
             if flow.need_drain:
                 await owed_drain(conn)
         elif step is Step.KEPT:
-            if flow.kept and conn.has_consumer():
+            if flow.kept and pushes(conn):
                 await flush_kept(conn)
         elif step is Step.TAIL:
-            for chunk in flow.take_tail():
-                await deliver_decoded(conn, chunk)
+            if flow.kept or not pushes(conn):
+                flow.unread(flow.undecoded())  # for whoever reads next, raw, in front
+            else:
+                for chunk in flow.take_tail():
+                    await _to_consumers(conn, chunk)
         else:
             flow.end_plaintext()
 
@@ -73,11 +110,11 @@ async def read_session(conn: Connection, scope: trio.CancelScope) -> tuple[bool,
     emitter = conn.host
     upgrade = conn.upgrade
     while upgrade is conn.upgrade:  # until set_secure() is called
-        if flow.kept and conn.has_consumer():
+        if flow.kept and pushes(conn):
             if flow.need_drain:
                 await owed_drain(conn)
             await flush_kept(conn)
-        if flow.paused or (flow.kept_full and not conn.has_consumer()):
+        if (flow.paused and flow.puller is None) or reads_for_nobody(conn):
             await conn.park_reader()
             continue
         conn.in_receive = True
@@ -102,7 +139,7 @@ async def read_session(conn: Connection, scope: trio.CancelScope) -> tuple[bool,
         if scope.cancel_called:
             return False, data
         # BEFORE["data"], inlined:
-        if flow.paused:
+        if flow.paused and flow.puller is None:
             await conn.wait_resumed()
         if flow.need_drain:
             await owed_drain(conn)
@@ -125,27 +162,30 @@ async def read_session(conn: Connection, scope: trio.CancelScope) -> tuple[bool,
 
 
 async def deliver(conn: Connection, data: bytes) -> None:
-    """Decode *data* and deliver what it gives."""
-    chunk = conn.flow.decode(data)
-    if chunk is not None:
-        await deliver_decoded(conn, chunk)
-
-
-async def deliver_decoded(conn: Connection, chunk: Chunk) -> None:
+    """Deliver *data*: decoded to the consumers of chunks, or kept (raw) for
+    a pull read or a consumer to come."""
     flow = conn.flow
-    if flow.kept or not conn.has_consumer():
-        # Nobody takes data yet: keep it (bounded by the high-water mark, see
-        # read_session) for the first 'data' listener or ``async for``.
-        flow.keep(chunk)
-        await flush_kept(conn)
+    if flow.kept or flow.puller is not None or not pushes(conn):
+        # Nobody takes chunks now (or some wait before these): keep them,
+        # bounded by the high-water mark (see read_session) unless a pull
+        # read waits for them.
+        flow.keep(data)
+        if flow.puller is not None:
+            served(flow)
+        else:
+            await flush_kept(conn)
         return
-    await _to_consumers(conn, chunk)
+    chunk = flow.decode(data)
+    if chunk is not None:
+        await _to_consumers(conn, chunk)
 
 
 async def flush_kept(conn: Connection) -> None:
     flow = conn.flow
-    while flow.kept and conn.has_consumer() and not flow.paused:
-        await _to_consumers(conn, flow.take_kept())
+    while flow.kept and pushes(conn) and not flow.paused:
+        chunk = flow.take_chunk()
+        if chunk is not None:
+            await _to_consumers(conn, chunk)
 
 
 async def _to_consumers(conn: Connection, chunk: Chunk) -> None:
@@ -161,7 +201,7 @@ async def _to_consumers(conn: Connection, chunk: Chunk) -> None:
             flow.feed = None
         if not host.listener_count("data"):
             # The loop was left: nobody took this chunk; keep it, first in line.
-            flow.keep(chunk, first=True)
+            flow.put_back(chunk)
 
 
 async def end_of_input(conn: Connection) -> None:
@@ -173,6 +213,7 @@ async def end_of_input(conn: Connection) -> None:
     sm.apply(Input.PEER_END)
     if conn.flow.feed is not None:
         conn.flow.feed.finish(None)
+    wake_puller(conn.flow, None)
     await conn.emit("end")
     if not conn.options.allow_half_open and sm.half_open:
         conn.host.end()

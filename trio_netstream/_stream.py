@@ -396,6 +396,8 @@ class Stream(StreamIO):
             assert conn is not None
             if not send_eof_now(conn):
                 kick_writer(conn)
+            if self._flow.pulled:
+                conn.wake_reader()  # pull reads or not, the peer's end is read now
         return self
 
     def destroy(self, error: BaseException | None = None) -> Self:
@@ -478,11 +480,13 @@ class Stream(StreamIO):
             raise not_running("async for")
         if flow.feed is not None and flow.feed.alive:
             raise StreamStateError("the stream is already being iterated")
-        flow.feed, iterator = open_feed(flow)
+        flow.feed, iterator = open_feed(flow, self)
         self._wake_reader()
         return iterator
 
     def _add(self, event: str, listener: Callable[..., Any], once: bool) -> None:
+        if event == "data" and self._flow.puller is not None:
+            raise StreamStateError("on('data'): a pull read (read_until()...) is waiting")
         super()._add(event, listener, once)
         conn = self._conn
         if conn is None:
