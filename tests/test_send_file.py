@@ -823,3 +823,58 @@ async def test_the_idle_timeout_sees_the_file_going_out(big_file: Path, unix_pat
                 nursery.cancel_scope.cancel()
             await peer.aclose()
     assert log.events == ["connect", ("close", False)]
+
+
+# -- other transports and where a call would wait for itself ------------------------
+
+
+async def test_a_wrapped_trio_stream_gets_the_file_by_pieces(
+    small_file: Path, sendfile_calls: SendfileCalls
+) -> None:
+    """Over an in-memory stream there is no socket: the file is read and
+    written in pieces, in order, with exact accounting."""
+    near, far = trio.testing.memory_stream_pair()
+    stream = net.Stream.wrap(near)
+    log = Recorder(stream)
+    received = Received()
+    with trio.fail_after(LIMIT):
+        async with stream, trio.open_nursery() as nursery:
+
+            async def read_far() -> None:
+                while chunk := await far.receive_some():
+                    received.add(chunk)
+                await far.aclose()
+
+            nursery.start_soon(read_far)
+            stream.write(b"A")
+            await stream.send_file(small_file, 3)
+            assert stream.bytes_written == 1 + size_of(small_file) - 3
+            stream.end(b"B")
+    assert received.sha == slice_sha(small_file, 3, None, b"A", b"B")
+    assert sendfile_calls.calls == 0
+    assert log.events == ["connect", "end", ("close", False)]
+
+
+async def test_in_an_async_drain_listener_it_cannot_wait(small_file: Path, unix_path: str) -> None:
+    """The writer awaits its 'drain' listener, and would send the file only
+    after it returned: the call raises instead of waiting forever."""
+    raised: list[BaseException] = []
+    with trio.fail_after(LIMIT):
+        async with raw_peer("tcp", unix_path) as (target, listener):
+            received = Received()
+            client = net.create_connection(*target)
+
+            async def on_drain() -> None:
+                with pytest.raises(StreamStateError, match="'drain' listener") as info:
+                    await client.send_file(small_file)
+                raised.append(info.value)
+                client.end(b"!")
+
+            client.on("drain", on_drain)
+            async with client:
+                assert client.write(b"A") is False  # connecting: 'drain' follows
+                peer = await listener.accept()
+                await read_all(peer, received)
+    assert len(raised) == 1
+    assert received.head == b"A!"
+    assert client.bytes_written == 2
