@@ -878,3 +878,49 @@ async def test_in_an_async_drain_listener_it_cannot_wait(small_file: Path, unix_
     assert len(raised) == 1
     assert received.head == b"A!"
     assert client.bytes_written == 2
+
+
+async def test_set_secure_during_a_plaintext_file_waits_for_it(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+    big_file: Path,
+    small_file: Path,
+    unix_path: str,
+    sendfile_calls: SendfileCalls,
+) -> None:
+    """``set_secure()`` while a file is going out in plaintext: the file and
+    the plaintext written after it go first (zero-copy), then the handshake,
+    then what was written and sent after the call, encrypted. The peer is
+    raw Trio: it reads exactly the plaintext, then wraps the same socket in
+    TLS."""
+    server_ctx, client_ctx = tls
+    size = size_of(big_file)
+    plain = Received()
+    secret = Received()
+    with trio.fail_after(LIMIT):
+        async with raw_peer("tcp", unix_path) as (target, listener):
+            client = net.create_connection(*target)
+            log = Recorder(client, events=(*STREAM_EVENTS, "secure"))
+            async with client, trio.open_nursery() as nursery:
+                peer = await listener.accept()
+                await client.drain()
+                nursery.start_soon(client.send_file, big_file)
+                await wait_all_tasks_blocked()  # mid-file: the peer does not read yet
+                client.write(b"STARTTLS\n")
+                client.set_secure(client_ctx, server_hostname="localhost")
+                client.write(b"secret:")
+                nursery.start_soon(client.send_file, small_file)
+                await wait_all_tasks_blocked()
+                client.end(b"!")
+                left = size + len(b"STARTTLS\n")
+                while left:
+                    chunk = await peer.receive_some(min(left, 256 * 1024))
+                    plain.add(chunk)
+                    left -= len(chunk)
+                tls_peer = trio.SSLStream(peer, server_ctx, server_side=True)
+                while chunk := await tls_peer.receive_some():
+                    secret.add(chunk)
+                await tls_peer.aclose()
+    assert plain.sha == slice_sha(big_file, 0, None, b"", b"STARTTLS\n")
+    assert secret.sha == slice_sha(small_file, 0, None, b"secret:", b"!")
+    assert sendfile_calls.bytes == size
+    assert log.events == ["connect", "secure", "end", ("close", False)]
