@@ -655,12 +655,17 @@ async def test_a_peer_reset_fails_the_send_and_the_stream_once(
                         raised.append(exc)
 
                 nursery.start_soon(send)
+                await wait_all_tasks_blocked()
+                nursery.start_soon(send)  # queued behind the first
+                await wait_all_tasks_blocked()
                 await peer.receive_some(64 * KiB)
                 if kind == "tcp":  # a reset: SO_LINGER 0
                     peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 await peer.aclose()
-    assert len(raised) == 1
+    # Both calls raise the stream's one error.
+    assert len(raised) == 2
     error = raised[0]
+    assert raised[1] is error
     assert isinstance(error, (ConnectionResetError, BrokenPipeError))
     assert log.events == ["connect", ("error", error), ("close", True)]
     assert client.write_queue_size == 0

@@ -291,6 +291,10 @@ async def send_file(
     checked (see :meth:`~trio_netstream.Stream.send_file`)."""
     _check_may_wait(conn)
     job = open_job(file, offset, count, plain=conn.upgrade is None)
+    if conn.send_failed_first and conn.send_error is not None:
+        job.close()  # nothing more goes out: the reader reports this failure
+        await trio.lowlevel.checkpoint()
+        raise conn.send_error
     if not job.count:
         job.close()
         await trio.lowlevel.checkpoint()

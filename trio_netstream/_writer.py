@@ -229,8 +229,8 @@ def withdraw_file(conn: Connection, job: FileJob) -> None:
         return
     index = writer.files.index(job)
     del writer.files[index]
-    if conn.stopped:
-        return  # the queue is gone (and counted nothing more)
+    if conn.stopped or conn.send_failed_first:
+        return  # the queue is gone (and counts nothing more)
     flow = conn.flow
     if index < len(writer.files):
         writer.files[index].before[:0] = job.before
