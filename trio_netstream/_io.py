@@ -9,13 +9,16 @@ hands over to the module that does the work (``_pull`` for
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
 from ._controls import StreamControls
 from ._errors import StreamStateError
 from ._pull import check_max_size, check_separator, prepare, pull, returned
+from ._sendfile import check_arguments, send_file
+from ._state import WRITABLE
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -150,6 +153,61 @@ class StreamIO(StreamControls):
 
     # -- files (_sendfile) -------------------------------------------------
 
-    async def send_file(self, file: Any, offset: int = 0, count: int | None = None) -> None:
-        """Send a regular file's bytes after everything written before."""
-        raise NotImplementedError
+    async def send_file(
+        self,
+        file: str | os.PathLike[str] | BinaryIO,
+        offset: int = 0,
+        count: int | None = None,
+    ) -> None:
+        """Send *count* bytes of a regular file from *offset*, after everything
+        written before the call and before everything written after it.
+
+        Zero-copy (``os.sendfile``) on a plaintext TCP or UNIX stream; over
+        TLS (``ssl=`` or :meth:`set_secure`) and on a wrapped Trio stream the
+        file is read in pieces and sent as writes are. Until it is sent the
+        file's bytes count as queued (``write_queue_size``): a ``write()``
+        made meanwhile queues behind it and returns ``False`` over the
+        high-water mark (``'drain'`` follows once all is sent), and
+        :meth:`drain` waits for it. ``bytes_written`` counts the file's
+        bytes at the call, as it counts a ``write()``'s.
+
+        Args:
+            file: a path (``str`` or ``os.PathLike``), opened and closed here;
+                or a binary file object, neither closed nor moved (the file
+                is read at absolute offsets, whatever its position).
+            offset: where to start, from the start of the file.
+            count: how many bytes; ``None``: to the end of the file as it is
+                at the call.
+
+        Returns:
+            Once every byte was handed to the kernel (after a checkpoint).
+
+        Raises:
+            TypeError: *file* is neither a path nor a file object, or
+                *offset* / *count* is not an ``int``.
+            ValueError: a negative *offset* or *count*; a text-mode,
+                unreadable or descriptor-less file object; not a regular file.
+            EOFError: the range goes past the end of the file.
+            StreamStateError: after ``end()`` or ``destroy()``, before
+                ``connect()``, outside a client stream's block, where it would
+                wait for itself (as :meth:`drain`), or when the stream is
+                destroyed before the file is sent.
+            OSError: the path cannot be opened (these are raised at the call,
+                which then changed nothing); or the stream failed first: its
+                error, also emitted as ``'error'`` then ``'close'(True)``
+                (raising it here does not handle it, as with :meth:`drain`).
+
+        Causes no event itself. Cancelled while the file waits its turn, the
+        call is withdrawn and nothing of the file is sent; once its sending
+        has begun, the stream is destroyed (half a file cannot be taken back).
+        """
+        check_arguments(file, offset, count)
+        flow = self._flow
+        if flow.sm.state not in WRITABLE:
+            state = flow.sm.describe()
+            raise StreamStateError(f"send_file() is not allowed: the stream is {state}")
+        conn = self._conn
+        assert conn is not None
+        if self._idle_client:
+            raise not_running("send_file()")
+        await send_file(conn, file, offset, count, self.destroy)

@@ -15,6 +15,13 @@ gone, and nothing may be counted or emitted.
 On ``set_secure()`` the writer sends the plaintext written before the call,
 tells the reader it is ready, and waits for the handshake before it sends
 what was written after the call.
+
+``send_file()`` hands the writer a *file job* (``_sendfile.FileJob``) that
+carries the bytes queued before the call with it: the writer sends the
+jobs in order before the queue (a job made before ``set_secure()`` before
+the plaintext hand-over), each with :meth:`FileJob.send
+<trio_netstream._sendfile.FileJob.send>`. While a job is pending its bytes
+count as queued, so ``write()`` queues behind it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from ._state import State
 
 if TYPE_CHECKING:
     from ._connection import Connection, Upgrade
+    from ._sendfile import FileJob
 
 __all__ = [
     "Writer",
@@ -36,8 +44,10 @@ __all__ = [
     "finish_writer",
     "kick_writer",
     "let_a_failing_send_report",
+    "queue_file",
     "send_eof_now",
     "wait_writer_finished",
+    "withdraw_file",
 ]
 
 
@@ -48,7 +58,7 @@ _PEER_GONE = (errno.EPIPE, errno.ECONNRESET)
 class Writer:
     """The state of a connection's writable side, made when first needed."""
 
-    __slots__ = ("done", "finished", "lot", "started", "task")
+    __slots__ = ("done", "files", "finished", "lot", "started", "task")
 
     def __init__(self) -> None:
         self.started = False  # the task was started (it is never started twice)
@@ -56,6 +66,7 @@ class Writer:
         self.done: trio.Event | None = None
         self.lot: trio.lowlevel.ParkingLot | None = None
         self.task: trio.lowlevel.Task | None = None  # runs the 'drain' listeners it emits
+        self.files: list[FileJob] = []  # send_file() jobs not yet taken, in order
 
 
 def _writer(conn: Connection) -> Writer:
@@ -86,6 +97,7 @@ def _has_work(conn: Connection) -> bool:
     upgrade = conn.upgrade
     return bool(
         flow.queue
+        or (conn.writer is not None and conn.writer.files)
         or (upgrade is not None and not upgrade.done.is_set())
         or flow.sm.sending_eof
         or (flow.need_drain and conn.listens("drain"))
@@ -150,8 +162,12 @@ async def _write_loop(conn: Connection) -> None:
         flow = conn.flow
         while transport is not None and not conn.stopped:
             upgrade = conn.upgrade
-            if upgrade is not None and not upgrade.done.is_set():
+            job = writer.files[0] if writer.files else None
+            if upgrade is not None and not upgrade.done.is_set() and not (job and job.plain):
                 transport = await _hand_over(conn, upgrade, transport)
+                continue
+            if job is not None:
+                await _send_file(conn, writer.files.pop(0), transport)
                 continue
             if flow.queue:
                 data = flow.take()
@@ -178,6 +194,53 @@ async def _write_loop(conn: Connection) -> None:
             await writer.lot.park()
     finally:
         finish_writer(conn)
+
+
+async def _send_file(conn: Connection, job: FileJob, transport: trio.abc.Stream) -> None:
+    """Send *job* (what was queued before it, then the file); then wake its
+    ``send_file()`` call. The job is the writer's from here: it closes it."""
+    job.started = True
+    try:
+        await job.send(conn, transport)
+    finally:
+        job.close()
+    if not conn.stopped:
+        job.done = True
+        conn.flushed()  # send_file() (and drain()) waiters
+
+
+def queue_file(conn: Connection, job: FileJob) -> None:
+    """``send_file()``: *job* goes after every job and byte queued before it
+    (those bytes go with it), before everything written after it."""
+    flow = conn.flow
+    job.before, flow.queue = flow.queue, []
+    flow.queued += job.count
+    flow.bytes_written += job.count  # at the call, as write() counts
+    _writer(conn).files.append(job)
+    kick_writer(conn)
+
+
+def withdraw_file(conn: Connection, job: FileJob) -> None:
+    """Take back a job the writer has not taken (a cancelled ``send_file()``):
+    nothing of the file went out; its bytes no longer count, and the bytes
+    that went with it rejoin the queue in their place."""
+    writer = conn.writer
+    if writer is None or job not in writer.files:
+        return
+    index = writer.files.index(job)
+    del writer.files[index]
+    if conn.stopped or conn.send_failed_first:
+        return  # the queue is gone (and counts nothing more)
+    flow = conn.flow
+    if index < len(writer.files):
+        writer.files[index].before[:0] = job.before
+    else:
+        flow.queue[:0] = job.before
+    flow.queued -= job.count
+    flow.bytes_written -= job.count
+    if not flow.queued:
+        conn.flushed()
+    kick_writer(conn)
 
 
 async def _send_eof(conn: Connection, transport: trio.abc.Stream) -> None:
