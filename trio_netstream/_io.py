@@ -10,12 +10,13 @@ hands over to the module that does the work (``_pull`` for
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 import trio
 
 from ._controls import StreamControls
 from ._errors import StreamStateError
+from ._pipe import Pipes
 from ._pull import check_max_size, check_separator, prepare, pull, returned
 from ._sendfile import check_arguments, send_file
 from ._state import WRITABLE
@@ -23,7 +24,12 @@ from ._state import WRITABLE
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from ._stream import Stream
+
 __all__ = ["StreamIO", "not_running"]
+
+#: What :meth:`StreamIO.pipe` returns: the destination it was given.
+Destination = TypeVar("Destination", bound="Stream")
 
 
 def not_running(call: str) -> StreamStateError:
@@ -143,13 +149,78 @@ class StreamIO(StreamControls):
 
     # -- pipes (_pipe) -----------------------------------------------------
 
-    def pipe(self, destination: Any, *, end: bool = True) -> Any:
-        """Write every chunk of this stream to *destination* (Node's ``readable.pipe``)."""
-        raise NotImplementedError
+    def pipe(self, destination: Destination, *, end: bool = True) -> Destination:
+        """Write every chunk of this stream to *destination* (Node's ``readable.pipe``).
 
-    def unpipe(self, destination: Any = None) -> Self:
-        """Stop piping to *destination* (``None``: to every destination)."""
-        raise NotImplementedError
+        Each ``'data'`` chunk is written to *destination* (a ``str`` chunk with
+        this stream's encoding, so the bytes arrive unchanged); while its
+        ``write()`` returns ``False`` this stream is paused, and resumed on its
+        ``'drain'``. At this stream's ``'end'``, ``destination.end()`` is called
+        unless *end* is ``False``. An error on either side destroys neither:
+        it is that stream's own ``'error'``; the ``'close'`` of *destination*
+        ends the pipe. ``stream.pipe(stream)`` echoes. Piping to one
+        destination twice writes every chunk twice, as in Node.
+
+        The call resumes this stream (as Node's starts the flow), unless the
+        destination's queue is at its high-water mark: then it is paused until
+        the destination's ``'drain'``. On a stream whose ``'end'`` has come it
+        only ends *destination* (unless *end* is ``False``). It emits nothing
+        (no ``'pipe'`` event, see docs/behaviour.md); the pipe adds ``'data'``,
+        ``'end'`` and ``'close'`` listeners here and ``'drain'`` and ``'close'``
+        listeners on *destination*.
+
+        Args:
+            destination: the :class:`~trio_netstream.Stream` to write to.
+            end: end *destination* at this stream's ``'end'`` (default ``True``).
+
+        Returns:
+            *destination*, so pipes chain (``a.pipe(b).pipe(a)``).
+
+        Raises:
+            TypeError: *destination* is not a Stream, or *end* is not a bool.
+            StreamStateError: *destination* cannot be written to (ended, closed,
+                never connected), or a pull read of this stream is waiting.
+                Nothing changed.
+        """
+        if not isinstance(destination, StreamIO):
+            raise TypeError(f"pipe() needs a Stream to write to, not {type(destination).__name__}")
+        if not isinstance(end, bool):
+            raise TypeError(f"end must be a bool, not {type(end).__name__}")
+        target = destination._flow.sm
+        if target.state not in WRITABLE:
+            raise StreamStateError(f"pipe(): the destination is {target.describe()}: not writable")
+        pipes: Pipes | None = self._pipes
+        if pipes is None:
+            pipes = self._pipes = Pipes(cast("Stream", self))  # the only subclass
+        source = self._flow.sm
+        pipes.add(destination, end, input_over=source.reading_over and source.live)
+        return destination
+
+    def unpipe(self, destination: Stream | None = None) -> Self:
+        """Stop piping to *destination* (``None``: to every destination).
+
+        Later chunks are not written to it, nor is it ended at ``'end'``. As
+        in Node, a stream left without destinations is paused (:meth:`resume`
+        restarts it), and a stream the pipe held for *destination*'s
+        ``'drain'`` is let go. Removes one pipe to *destination* (the first
+        made) if there are several; does nothing if there is none. Emits
+        nothing.
+
+        Args:
+            destination: a destination given to :meth:`pipe`, or ``None``.
+
+        Returns:
+            This stream.
+
+        Raises:
+            TypeError: *destination* is neither a Stream nor ``None``.
+        """
+        if destination is not None and not isinstance(destination, StreamIO):
+            raise TypeError(f"unpipe() takes a Stream or None, not {type(destination).__name__}")
+        pipes: Pipes | None = self._pipes
+        if pipes is not None:
+            pipes.unpipe(destination)
+        return self
 
     # -- files (_sendfile) -------------------------------------------------
 

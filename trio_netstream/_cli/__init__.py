@@ -19,6 +19,10 @@ Commands:
   offering ALPN protocols (``ALPN: h2`` on stderr); ``--family``,
   ``--local-address``, ``--local-port`` and ``--connect-timeout`` say how
   it connects.
+* ``proxy LISTEN_PORT TARGET_HOST TARGET_PORT``: a TCP proxy, two pipes per
+  connection (``client.pipe(upstream)``, ``upstream.pipe(client)``), with
+  backpressure and half-close; SIGTERM shuts it down gracefully within
+  ``--grace`` ms, as ``echo``.
 
 Exit codes (the same for every command): 0 success (and SIGTERM), 1 network
 or protocol error, 2 usage error, 3 TLS or certificate error, 130 SIGINT.
@@ -30,8 +34,8 @@ command, but the first SIGTERM shuts ``echo`` down gracefully),
 ``_output`` (exit codes, printing, one-line descriptions of errors),
 ``_certs`` (throwaway certificates, TLS contexts from files), ``_demo``,
 ``_echo`` (the echo server), ``_workers`` (``echo --workers N``),
-``_connect`` (the netcat-like client) and ``_starttls`` (its SMTP-style
-STARTTLS dialogue).
+``_relay`` (the ``proxy`` command), ``_connect`` (the netcat-like client)
+and ``_starttls`` (its SMTP-style STARTTLS dialogue).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from ._connect import connect_client as connect_client
 from ._demo import demo as demo
 from ._echo import echo_server as echo_server
 from ._main import main as main
+from ._relay import proxy_server as proxy_server
 from ._workers import echo_workers as echo_workers
 
 __all__ = [
@@ -51,5 +56,6 @@ __all__ = [
     "echo_server",
     "echo_workers",
     "main",
+    "proxy_server",
     "throwaway_certificates",
 ]

@@ -42,7 +42,7 @@ def _chunk_text(chunk: bytes) -> str:
     return f"{chunk[:64]!r}... ({len(chunk)} bytes)"
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     code = getattr(exc, "code", None) or node_code(exc)
     return f"{type(exc).__name__}: {exc}" + (f" ({code})" if code else "")
 
@@ -113,11 +113,11 @@ async def echo_server(
         if stop is None:
             await trio.sleep_forever()
         await stop.wait()
-        await _shut_down(server, grace, lambda text: out(f"[pid {pid}] {text}"))
+        await shut_down(server, grace, lambda text: out(f"[pid {pid}] {text}"))
     return EXIT_OK
 
 
-async def _shut_down(server: Server, grace: float, log: Callable[[str], object]) -> None:
+async def shut_down(server: Server, grace: float, log: Callable[[str], object]) -> None:
     """The graceful end: stop accepting, let the connections finish within
     *grace* ms, destroy the rest; say so before and after."""
     server.close()  # first: once the line is out, no connection is accepted
@@ -126,7 +126,7 @@ async def _shut_down(server: Server, grace: float, log: Callable[[str], object])
     log(f"shut down: {destroyed} connection{'' if destroyed == 1 else 's'} destroyed")
 
 
-def _peer_text(stream: Stream) -> str:
+def peer_text(stream: Stream) -> str:
     """Who connected: ``1.2.3.4:1111``, ``unix socket``; behind a PROXY
     header also the balancer, ``1.2.3.4:1111 (via 127.0.0.1:40000)``."""
     if stream.remote_port is not None:
@@ -145,7 +145,7 @@ def _peer_text(stream: Stream) -> str:
 def _echo(stream: Stream, log: Callable[[str], None], *, alpn: bool = False) -> None:
     """The echo protocol of Node's original docs on one connection, logging
     its events (with *alpn*, ``secure`` names the protocol agreed)."""
-    log(f"connection from {_peer_text(stream)}")
+    log(f"connection from {peer_text(stream)}")
 
     def on_connect() -> None:
         log("connect")
@@ -169,5 +169,5 @@ def _echo(stream: Stream, log: Callable[[str], None], *, alpn: bool = False) -> 
     stream.on("secure", on_secure)
     stream.on("data", on_data)
     stream.on("end", on_end)
-    stream.on("error", lambda exc: log(f"error {_error_text(exc)}"))
+    stream.on("error", lambda exc: log(f"error {error_text(exc)}"))
     stream.on("close", lambda had_error: log(f"close({had_error})"))

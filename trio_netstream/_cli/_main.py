@@ -1,12 +1,13 @@
 """``main()``: parse the command line, run one command, map failures to exit codes.
 
-``echo`` and ``connect`` run their body next to a signal receiver
+``echo``, ``proxy`` and ``connect`` run their body next to a signal receiver
 (:func:`until_signal`); SIGINT or SIGTERM cancels the body, which destroys
-its streams and server on the way out. ``echo`` stops gracefully on SIGTERM
-instead: the first one sets its stop event (the server shuts down within
-``--grace`` ms, and with ``--workers`` the parent passes the SIGTERM on to
-every worker); a second SIGTERM, or SIGINT, cancels it at once (a
-worker leaves that to its parent, which sends it SIGINT).
+its streams and server on the way out. ``echo`` and ``proxy`` stop
+gracefully on SIGTERM instead: the first one sets their stop event (the
+server shuts down within ``--grace`` ms, and with ``echo --workers`` the
+parent passes the SIGTERM on to every worker); a second SIGTERM, or SIGINT,
+cancels it at once (a worker leaves that to its parent, which sends it
+SIGINT).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ._demo import demo
 from ._echo import echo_server
 from ._output import EXIT_NETWORK, EXIT_OK, EXIT_SIGINT, EXIT_TLS, Failure, warn
 from ._parser import parse_arguments
+from ._relay import proxy_server
 from ._starttls import DEFAULT_TIMEOUT
 from ._workers import echo_workers
 
@@ -124,6 +126,20 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
     return worker_args
 
 
+def _run_proxy(args: argparse.Namespace) -> int:
+    stop = trio.Event()
+    body = functools.partial(
+        proxy_server,
+        port=args.listen_port,
+        host=args.host,
+        target_host=args.target_host,
+        target_port=args.target_port,
+        stop=stop,
+        grace=args.grace,
+    )
+    return trio.run(until_signal, body, stop)
+
+
 def _run_connect(args: argparse.Namespace) -> int:
     context = None
     if args.tls or args.starttls:
@@ -158,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "echo":
             return _run_echo(args)
+        if args.command == "proxy":
+            return _run_proxy(args)
         return _run_connect(args)
     except Failure as failure:
         warn(failure.message)

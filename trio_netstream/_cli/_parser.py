@@ -94,6 +94,22 @@ choice). --connect-timeout MS gives up when no attempt has connected within
 MS milliseconds (ETIMEDOUT, exit code 1); by default the system's own
 timeout applies."""
 
+_PROXY_DESCRIPTION = """\
+A TCP proxy: it listens on LISTEN_PORT (on --host, default 127.0.0.1) and, for
+each connection, connects to TARGET_HOST:TARGET_PORT and joins the two with
+two pipes (client.pipe(upstream), upstream.pipe(client)): bytes flow both
+ways with backpressure, and a half-close passes through (when one side ends,
+the other is ended). A side that fails (reset, refused target) destroys the
+other.
+
+It prints "listening on HOST:PORT (pid N)" once listening, then per
+connection "[pid N] #K connection from HOST:PORT", "upstream connected to
+HOST:PORT", "client error ..." or "upstream error ...", and "close".
+
+SIGTERM stops it gracefully, as echo: it stops accepting, lets the open
+connections finish for up to --grace milliseconds (default 5000), then
+destroys the rest; SIGINT, or a second SIGTERM, stops it at once."""
+
 
 def _port(allow_zero: bool) -> Callable[[str], int]:
     def parse(text: str) -> int:
@@ -188,7 +204,7 @@ def _alpn(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``trio-netstream`` parser: the ``demo``, ``echo`` and ``connect`` commands."""
+    """The ``trio-netstream`` parser: the ``demo``, ``echo``, ``connect`` and ``proxy`` commands."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Node.js net streams on Trio.",
@@ -222,7 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s (HOST PORT | --unix PATH) [options]",
     )
     _connect_options(connect)
-    for subparser in (run_demo, echo, connect):
+    proxy = commands.add_parser(
+        "proxy",
+        help="TCP proxy: LISTEN_PORT to TARGET_HOST:TARGET_PORT, two pipes per connection",
+        description=_PROXY_DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _proxy_options(proxy)
+    for subparser in (run_demo, echo, connect, proxy):
         subparser.set_defaults(subparser=subparser)
     return parser
 
@@ -296,6 +320,23 @@ def _echo_proxy_options(echo: argparse.ArgumentParser) -> None:
         metavar="NET",
         help="accept PROXY headers only from these networks "
         "(e.g. 10.0.0.0/8 ::1/128; needs --proxy-protocol)",
+    )
+
+
+def _proxy_options(proxy: argparse.ArgumentParser) -> None:
+    proxy.add_argument(
+        "listen_port", type=_port(True), metavar="LISTEN_PORT", help="TCP port (0: any free port)"
+    )
+    proxy.add_argument("target_host", metavar="TARGET_HOST", help="host name or address to relay")
+    proxy.add_argument("target_port", type=_port(False), metavar="TARGET_PORT", help="its TCP port")
+    proxy.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    proxy.add_argument(
+        "--grace",
+        type=_grace,
+        default=5000.0,
+        metavar="MS",
+        help="on SIGTERM, let open connections finish for up to MS milliseconds, "
+        "then destroy the rest (default: 5000; 0: at once)",
     )
 
 
