@@ -303,15 +303,37 @@ async def test_a_cancelled_pull_read_takes_nothing() -> None:
 
 
 @bounded
-async def test_a_pull_read_in_a_cancelled_scope_raises_cancelled_at_once() -> None:
+async def test_a_pull_read_that_must_wait_in_a_cancelled_scope_raises_cancelled() -> None:
     stream, peer = pair()
     async with stream:
-        await send(peer, b"ready\n")
+        await send(peer, b"no newline yet")
         with trio.CancelScope() as scope:
             scope.cancel()
             await stream.readline()
         assert scope.cancelled_caught
-        assert await stream.readline() == b"ready\n"  # nothing was taken
+        await send(peer, b"\n")
+        assert await stream.readline() == b"no newline yet\n"  # nothing was taken
+        stream.destroy()
+
+
+@bounded
+async def test_a_loop_of_buffered_pull_reads_sees_a_cancellation_within_64_kib() -> None:
+    """Answered from kept bytes, a pull read is a checkpoint once per 64 KiB
+    it returns (docs/behaviour.md); the cancellation comes before a line is
+    taken, so the lines read plus the rest are the whole input."""
+    stream, peer = pair(high_water_mark=4 * MiB)
+    lines = b"".join(b"%07d\n" % i for i in range(40000))  # 320,000 bytes
+    async with stream:
+        await send(peer, lines)
+        got = bytearray()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            while True:
+                got += await stream.readline()
+        assert scope.cancelled_caught
+        assert 0 < len(got) <= 64 * KiB + 8
+        rest = await stream.read_exactly(len(lines) - len(got))
+        assert bytes(got) + rest == lines
         stream.destroy()
 
 

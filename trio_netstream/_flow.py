@@ -294,10 +294,18 @@ class Flow:
     def take_bytes(self, size: int) -> bytes:
         """The first *size* kept bytes, raw (a pull read's)."""
         kept = self.kept
-        data = bytes(kept) if size == len(kept) else bytes(memoryview(kept)[:size])
-        del kept[:size]
-        self.scanned = 0
         sizes = self.kept_sizes
+        if size == len(kept):
+            data = bytes(kept)
+            kept.clear()
+            sizes.clear()
+            self.scanned = 0
+            return data
+        # Short takes (lines): one slice and one bytes object are the
+        # cheapest; long ones copy once through a view.
+        data = bytes(kept[:size]) if size <= 4096 else bytes(memoryview(kept)[:size])
+        del kept[:size]  # moves nothing: CPython keeps an offset
+        self.scanned = 0
         while size:
             if sizes[0] > size:
                 sizes[0] -= size

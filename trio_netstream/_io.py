@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
-import trio
-
 from ._controls import StreamControls
 from ._errors import StreamStateError
 from ._pipe import Pipes
-from ._pull import check_max_size, check_separator, prepare, pull, returned
+from ._pull import YIELD_BYTES, check_max_size, check_separator, owed_checkpoint, prepare, pull
 from ._sendfile import check_arguments, send_file
 from ._state import WRITABLE
 
@@ -80,30 +78,78 @@ class StreamIO(StreamControls):
             OSError: the stream failed (its error; handled when raised while
                 waiting, as in ``async for``).
 
-        Cancelling it takes nothing: the bytes stay readable.
+        A call answered from bytes already received is a checkpoint only
+        once per 64 KiB returned (as asyncio's and anyio's buffered readers,
+        see docs/behaviour.md); a call that waits is one. Cancelling it takes
+        nothing: the bytes stay readable.
         """
-        sep = check_separator(separator)
-        limit = check_max_size(max_size)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        flow = self._flow
-        prepare(self, self._conn, flow, "read_until()")
-        size = len(sep)
-        while True:
-            kept = flow.kept
-            found = kept.find(sep, flow.scanned, limit)
-            if found >= 0:
-                return await returned(flow, flow.take_bytes(found + size))
-            if len(kept) >= limit:
-                raise ValueError(
-                    f"read_until(): no {sep!r} in the first {limit} bytes (max_size);"
-                    " they stay readable"
-                )
-            flow.scanned = max(0, len(kept) - size + 1)
-            await self._pull(f"{sep!r}")
+        if type(separator) is not bytes or not separator:
+            separator = check_separator(separator)
+        if type(max_size) is not int or max_size < 1:
+            max_size = check_max_size(max_size)
+        if self._flow.pull_budget >= YIELD_BYTES:
+            await owed_checkpoint(self._flow)
+        line = self._take_until(separator, max_size, "read_until()")
+        if line is None:
+            return await self._until(separator, max_size)
+        return line
 
     async def readline(self, *, max_size: int = 65536) -> bytes:
         """``read_until(b"\\n", max_size=max_size)``: a line with its ``\\n``."""
-        return await self.read_until(b"\n", max_size=max_size)
+        if type(max_size) is not int or max_size < 1:
+            max_size = check_max_size(max_size)
+        if self._flow.pull_budget >= YIELD_BYTES:
+            await owed_checkpoint(self._flow)
+        line = self._take_until(b"\n", max_size, "readline()")
+        if line is None:
+            return await self._until(b"\n", max_size)
+        return line
+
+    def _take_until(self, separator: bytes, limit: int, call: str) -> bytes | None:
+        """The kept bytes up to *separator*, if they are there (the fast path
+        of :meth:`read_until`: nothing to wait for, and no schedule point)."""
+        flow = self._flow
+        if (
+            not flow.pulled
+            or flow.puller is not None
+            or flow.feed is not None
+            or flow.decoder is not None
+            or flow.carry
+            or "data" in self._events
+        ):
+            prepare(self, self._conn, flow, call)
+        kept = flow.kept
+        found = kept.find(separator, flow.scanned, limit)
+        if found < 0:
+            return None
+        size = found + len(separator)
+        flow.pull_budget += size
+        sizes = flow.kept_sizes
+        if size >= sizes[0] or size > 4096:
+            return flow.take_bytes(size)
+        # Inside the first chunk (a line of a chunk that holds many): the
+        # common case, inline.
+        line = bytes(kept[:size])
+        del kept[:size]
+        sizes[0] -= size
+        flow.scanned = 0
+        return line
+
+    async def _until(self, separator: bytes, limit: int) -> bytes:
+        """:meth:`read_until`'s slow path: wait for the separator."""
+        flow = self._flow
+        line = None
+        while line is None:
+            kept = flow.kept
+            if len(kept) >= limit:
+                raise ValueError(
+                    f"read_until(): no {separator!r} in the first {limit} bytes (max_size);"
+                    " they stay readable"
+                )
+            flow.scanned = max(0, len(kept) - len(separator) + 1)
+            await self._pull(repr(separator))
+            line = self._take_until(separator, limit, "read_until()")
+        return line
 
     async def read_exactly(self, n: int) -> bytes:
         """Exactly *n* received bytes (a pull read, see :meth:`read_until`).
@@ -117,12 +163,14 @@ class StreamIO(StreamControls):
             raise TypeError(f"n must be an int, not {type(n).__name__}")
         if n < 0:
             raise ValueError(f"n must not be negative, not {n}")
-        await trio.lowlevel.checkpoint_if_cancelled()
         flow = self._flow
+        if flow.pull_budget >= YIELD_BYTES:
+            await owed_checkpoint(flow)
         prepare(self, self._conn, flow, "read_exactly()")
         while len(flow.kept) < n:
             await self._pull(f"{n} bytes")
-        return await returned(flow, flow.take_bytes(n))
+        flow.pull_budget += n
+        return flow.take_bytes(n)
 
     async def read(self, max_size: int = 65536) -> bytes:
         """What was received: at least one byte, at most *max_size*; ``b""``
@@ -133,13 +181,16 @@ class StreamIO(StreamControls):
             StreamStateError, OSError: as :meth:`read_until`.
         """
         limit = check_max_size(max_size)
-        await trio.lowlevel.checkpoint_if_cancelled()
         flow = self._flow
+        if flow.pull_budget >= YIELD_BYTES:
+            await owed_checkpoint(flow)
         prepare(self, self._conn, flow, "read()")
         while not flow.kept:
             if await self._pull("", eof_ok=True) is not None:
                 return b""
-        return await returned(flow, flow.take_bytes(min(limit, len(flow.kept))))
+        size = min(limit, len(flow.kept))
+        flow.pull_budget += size
+        return flow.take_bytes(size)
 
     async def _pull(self, what: str, *, eof_ok: bool = False) -> bytes | None:
         """Wait for more bytes (see :func:`~trio_netstream._pull.pull`)."""
