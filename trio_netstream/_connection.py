@@ -67,6 +67,7 @@ __all__ = [
     "Upgrade",
     "apply_socket_options",
     "check_drain_may_wait",
+    "descends_from",
     "local_address",
     "note_addresses",
     "plain_socket",
@@ -129,7 +130,7 @@ class Upgrade:
     first_byte: bool = False  # the ssl option, not set_secure()
 
 
-def _descends_from(task: trio.lowlevel.Task | None, ancestor: trio.lowlevel.Task | None) -> bool:
+def descends_from(task: trio.lowlevel.Task | None, ancestor: trio.lowlevel.Task | None) -> bool:
     """Whether *task* is *ancestor* or was started in a nursery it opened."""
     if ancestor is None:
         return False
@@ -617,7 +618,7 @@ def check_drain_may_wait(conn: Connection) -> None:
     ``'data'``) or a task it started, the handshake waits for it."""
     task = trio.lowlevel.current_task()
     writer = conn.writer
-    if writer is not None and _descends_from(task, writer.task):
+    if writer is not None and descends_from(task, writer.task):
         raise StreamStateError(
             "drain() in an async 'drain' listener cannot wait: the writer that"
             " would flush the queue is waiting for this listener to return"
@@ -628,7 +629,7 @@ def check_drain_may_wait(conn: Connection) -> None:
     # Written after set_secure() (what was queued before went aside):
     # those bytes wait for the handshake.
     after_upgrade = any(flow.queue)
-    if handshaking and after_upgrade and _descends_from(task, conn.reader_task):
+    if handshaking and after_upgrade and descends_from(task, conn.reader_task):
         raise StreamStateError(
             "drain() cannot wait here: the bytes written after set_secure() wait"
             " for the TLS handshake, which waits for this listener to return"

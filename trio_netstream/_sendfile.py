@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
+from ._connection import descends_from
 from ._errors import StreamStateError, TransportError, transport_errors
 from ._flow import STEP_BYTES
 from ._socket import SocketTransport
@@ -224,29 +225,17 @@ def open_job(file: Any, offset: int, count: int | None, *, plain: bool) -> FileJ
     return FileJob(fd, offset, count, plain=plain)
 
 
-def _descends_from(task: trio.lowlevel.Task | None, ancestor: trio.lowlevel.Task | None) -> bool:
-    """Whether *task* is *ancestor* or was started in a nursery it opened."""
-    if ancestor is None:
-        return False
-    while task is not None:
-        if task is ancestor:
-            return True
-        nursery = task.parent_nursery
-        task = None if nursery is None else nursery.parent_task
-    return False
-
-
 def _check_may_wait(conn: Connection) -> None:
     """Raise where the call would wait for itself (as ``drain()`` does)."""
     task = trio.lowlevel.current_task()
     writer = conn.writer
-    if writer is not None and _descends_from(task, writer.task):
+    if writer is not None and descends_from(task, writer.task):
         raise StreamStateError(
             "send_file() in an async 'drain' listener cannot wait: the writer that"
             " sends the file is waiting for this listener to return"
         )
     upgrade = conn.upgrade
-    if upgrade is not None and not upgrade.done.is_set() and _descends_from(task, conn.reader_task):
+    if upgrade is not None and not upgrade.done.is_set() and descends_from(task, conn.reader_task):
         raise StreamStateError(
             "send_file() cannot wait here: the file goes through TLS after the"
             " handshake, which waits for this listener to return"
