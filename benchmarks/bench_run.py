@@ -317,11 +317,10 @@ def _proxy_configs(suite: Suite, row: str, shared: dict[str, Any]) -> dict[str, 
 
 def _readline_configs(suite: Suite, row: str, shared: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The common sender of the lines, and the measured reader."""
-    common = {"connections": 0, "no_delay": False, "tls": None, "lines": suite.sizes.lines}
-    return {
-        "server": {**common, "mode": "lines", "bytes": lines_bytes(suite.sizes.lines)},
-        "client": {**common, "kind": "readline"},
-    }
+    lines = suite.sizes.lines
+    common = {"connections": 0, "no_delay": False, "tls": None, "lines": lines}
+    common["bytes"] = lines_bytes(lines)
+    return {"server": {**common, "mode": "lines"}, "client": {**common, "kind": "readline"}}
 
 
 _NEWER = {"sendfile": _sendfile_configs, "proxy": _proxy_configs, "readline": _readline_configs}
@@ -344,6 +343,8 @@ def _tell(proc: subprocess.Popen[bytes], port: int) -> None:
 
 def _measure(suite: Suite, row: str, peer: str, shared: dict[str, Any]) -> dict[str, float]:
     cfgs = _configs(suite, row, shared)
+    for cfg in cfgs.values():
+        cfg["cpus"] = None
     cfgs["server"]["cpus"], cfgs["client"]["cpus"] = _pinning(suite, row)
     roles = layout(row)
     # Every process starts at once; each waits for its port on its stdin.
