@@ -45,6 +45,26 @@ Benchmarks:
   TLS 1.3 tickets come after the handshake). Every run checks that none
   resp. all of its handshakes resumed. A peer that cannot resume says so
   (``UNSUPPORTED``) and the row shows n/a for it.
+
+The benchmarks below measure one process of the run; the others are raw
+trio's, the same for every implementation (``bench_spec.LAYOUTS``):
+
+* ``sendfile``: the server sends a file of ``sendfile_bytes`` (random data,
+  made once per invocation) to a common raw trio receiver (``recv_into``
+  one 256 KiB buffer), which counts the bytes and answers one byte. Time
+  from connect to the last byte: MB/s. Two rows: ``sendfile``, each
+  implementation's way to send a file (trio_netstream ``send_file()``,
+  asyncio ``loop.sendfile()``, Node.js ``fs.createReadStream().pipe()``;
+  raw trio has none: reads and ``send_all``), and ``sendfile-write``, the
+  file in ``chunk`` reads, each written with the implementation's
+  backpressure.
+* ``proxy``: a common raw trio bulk client sends ``proxy_bytes`` through
+  the implementation's proxy (a process of its own) to a common raw trio
+  sink, whose one-byte answer comes back through it: MB/s.
+* ``readline``: a common raw trio server sends ``lines`` lines of 16 to 32
+  bytes as fast as it can; the implementation's client reads them with its
+  line reader (a hand-written ``bytearray`` one for raw trio and asyncio
+  Protocol): lines/s. Its target is against asyncio Streams' ``readline()``.
 """
 
 from __future__ import annotations
@@ -103,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         "--handshakes", type=int, help="TLS handshakes per handshake row run (default 1000)"
     )
     parser.add_argument(
+        "--sendfile-mib", type=int, help="the sendfile rows' file size in MiB (default 1024)"
+    )
+    parser.add_argument("--proxy-mib", type=int, help="proxy payload in MiB (default 1024)")
+    parser.add_argument("--lines", type=int, help="readline lines (default 1000000)")
+    parser.add_argument(
         "--node-peer",
         type=Path,
         default=HERE / "node_peer.js",
@@ -138,22 +163,15 @@ def _suite(args: argparse.Namespace) -> Suite:
         overrides["bulk_bytes"] = args.bulk_mib << 20
     if args.tls_mib is not None:
         overrides["tls_bytes"] = args.tls_mib << 20
-    for name in ("rounds", "churn", "idle", "handshakes"):
+    if args.sendfile_mib is not None:
+        overrides["sendfile_bytes"] = args.sendfile_mib << 20
+    if args.proxy_mib is not None:
+        overrides["proxy_bytes"] = args.proxy_mib << 20
+    for name in ("rounds", "churn", "idle", "handshakes", "lines"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     sizes = Sizes(**{**base.__dict__, **overrides})
-    if (
-        sizes.runs < 1
-        or min(
-            sizes.bulk_bytes,
-            sizes.tls_bytes,
-            sizes.rounds,
-            sizes.churn,
-            sizes.idle,
-            sizes.handshakes,
-        )
-        < 1
-    ):
+    if sizes.runs < 1 or min(sizes.__dict__.values()) < 1:
         raise SystemExit("sizes and --runs must be at least 1")
     peers = _split(args.peers, list(PEERS), "peer")
     suite = Suite(

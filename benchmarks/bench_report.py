@@ -274,6 +274,39 @@ def markdown(suite: Suite, chart: str | None) -> str:
         "option, so an `SSLContext` subclass passes the session to the `wrap_bio` call "
         "asyncio makes. Every run checks `session_reused` (`isSessionReused()`): none "
         "resumed in the full row, all in the other. n/a: the implementation cannot resume.",
+        "- **one measured process**: in the rows below only one process is the "
+        "implementation's; the others are raw trio's, the same in every run, so that only "
+        "the measured side varies (`bench_spec.LAYOUTS`).",
+        "- **sendfile**: the measured server sends the file (random data, written once per "
+        "invocation, so in the page cache) as soon as a common raw trio receiver connects; "
+        "the receiver counts the bytes with `recv_into` into one 256 KiB buffer (cheap, so "
+        "that the sender is what is measured) and answers one byte; the time runs from "
+        "connect to the last byte. File API row: trio_netstream `await stream.send_file(path)` "
+        "(`os.sendfile`), asyncio `await loop.sendfile(transport, file)` (`os.sendfile` on a "
+        "plain socket), Node.js `fs.createReadStream(path).pipe(socket)` (Node.js has no "
+        "zero-copy send); raw trio has no file API: blocking 64 KiB reads, each "
+        "`await send_all(chunk)`. Reads-and-writes row: the same reads, each written with the "
+        "implementation's backpressure (`write()` → `False` then `'drain'`; "
+        "`pause_writing`; `await drain()`; `send_all`). `TCP_NODELAY` on every sender.",
+        "- **proxy**: a common raw trio client sends the payload in 64 KiB `send_all`s "
+        "through the measured proxy (its own process) to a common raw trio sink, which "
+        "answers one byte once all came; the answer comes back through the proxy, and the "
+        "time runs from connect to it. Three processes on this machine's cores: the proxy's "
+        "CPU cost shows directly. Proxies: trio_netstream `client.pipe(upstream)` and "
+        "`upstream.pipe(client)`; raw trio a task per direction (`receive_some(65536)`, "
+        "`send_all`, then `send_eof`); asyncio Protocol two protocols writing to each other "
+        "(`pause_writing` pauses the other's reading); asyncio Streams a task per direction "
+        "(`read(65536)`, `write`, `await drain()`, then `write_eof`); Node.js "
+        "`client.pipe(upstream); upstream.pipe(client)`. `TCP_NODELAY` on every socket.",
+        "- **readline**: a common raw trio server sends every line at once (one `send_all`) "
+        "and then EOF; the measured client reads the lines one call each and counts them and "
+        "their bytes (checked); the time runs from connect to the last line. Readers: "
+        "trio_netstream `await stream.readline()`, asyncio Streams `await reader.readline()`, "
+        "Node.js `readline.createInterface({input: socket, crlfDelay: Infinity})` and its "
+        "`'line'` event (lines decoded to strings, as it does); raw trio a hand-written "
+        "reader (`bytearray` filled by `receive_some(65536)`, `find` from where the last "
+        "search stopped, the line taken as `bytes` and `del`eted from the front), asyncio "
+        "Protocol the same in `data_received`.",
         "- **servers**: trio_netstream uses Node-port style listeners (`on('data', "
         "stream.write)` echo, a counting `'data'` listener as the sink); raw trio uses "
         "`serve_tcp` handlers; Node.js runs `benchmarks/node_peer.js`.",
@@ -300,6 +333,17 @@ def _row_setup(suite: Suite, row: str) -> str:
         "handshake, a 1-byte echo and the close.",
         "handshake-resume": f"{s.handshakes:,} sequential TLS 1.3 connections, each "
         "resuming the previous one's session, a 1-byte echo and the close.",
+        "sendfile": f"A {s.sendfile_bytes / 2**20:,.0f} MiB file sent by the server with the "
+        "implementation's file API (trio_netstream `send_file()`, asyncio `loop.sendfile()`, "
+        "Node.js `fs.createReadStream().pipe(socket)`; raw trio has none: "
+        f"{s.chunk // 1024} KiB reads, each `send_all`), to a common raw trio receiver.",
+        "sendfile-write": f"The same file in {s.chunk // 1024} KiB reads, each written with the "
+        "implementation's backpressure, to the common raw trio receiver.",
+        "proxy": f"{s.proxy_bytes / 2**20:,.0f} MiB from a common raw trio client through the "
+        f"implementation's proxy to a common raw trio sink, in {s.chunk // 1024} KiB writes.",
+        "readline": f"{s.lines:,} lines of 16 to 32 bytes from a common raw trio sender, read "
+        "with the implementation's line reader. **Target: trio_netstream against asyncio "
+        "Streams' `readline()`** (the ratio column is still to raw trio).",
     }[row]
 
 

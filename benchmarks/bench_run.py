@@ -40,12 +40,16 @@ from typing import IO, Any
 from bench_spec import (
     BASE_PEER,
     BENCHMARKS,
+    COMMON_PEER,
     HANDSHAKE_TLS,
     HOST,
+    PEER,
     TLS_BENCHMARKS,
     BenchError,
     Sizes,
     Unsupported,
+    layout,
+    lines_bytes,
     peer_name,
 )
 
@@ -248,11 +252,14 @@ def _pinning(suite: Suite, row: str) -> tuple[list[int] | None, list[int] | None
     return None, None
 
 
-def _configs(
-    suite: Suite, row: str, tls: dict[str, str] | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    s = suite.sizes
+def _configs(suite: Suite, row: str, shared: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each role's configuration; *shared* holds the certificates (``tls``)
+    and the sendfile rows' file (``file``)."""
     bench = row.split("-")[0]
+    if bench in _NEWER:
+        return _NEWER[bench](suite, row, shared)
+    s = suite.sizes
+    tls = shared.get("tls")
     if bench == "tls":
         row_tls = tls
     elif bench == "handshake":
@@ -283,52 +290,130 @@ def _configs(
         "connections": s.idle,
         "tls": server["tls"],
     }
-    return server, client
+    return {"server": server, "client": client}
 
 
-def _measure(suite: Suite, row: str, peer: str, tls: dict[str, str] | None) -> dict[str, float]:
-    server_cfg, client_cfg = _configs(suite, row, tls)
-    server_cfg["cpus"], client_cfg["cpus"] = _pinning(suite, row)
-    # Both processes start at once; the client waits for the port on its stdin.
-    with (
-        _spawn(suite, peer, "server", server_cfg) as (server, server_out),
-        _spawn(suite, peer, "client", client_cfg) as (client, client_out),
-    ):
-        port = int(server_out.expect("READY", 60))
-        before = 0  # only read by the idle row, which measures it here
-        if row == "idle":
-            before = _settled_rss_kib(server.pid, suite.quick)
+def _sendfile_configs(suite: Suite, row: str, shared: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The measured server sends the file (``send_file()`` and the like in
+    ``sendfile``, reads and writes in ``sendfile-write``) to a common receiver."""
+    size = suite.sizes.sendfile_bytes
+    common = {"connections": 0, "no_delay": True, "tls": None, "chunk": suite.sizes.chunk}
+    by = "api" if row == "sendfile" else "writes"
+    server = {**common, "mode": "sendfile", "by": by, "file": shared["file"], "bytes": size}
+    return {"server": server, "client": {**common, "kind": "receive", "bytes": size}}
+
+
+def _proxy_configs(suite: Suite, row: str, shared: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The common bulk sender, through the measured proxy, to the common sink
+    (whose one-byte answer comes back through the proxy)."""
+    size = suite.sizes.proxy_bytes
+    common = {"connections": 0, "no_delay": True, "tls": None, "bytes": size}
+    return {
+        "server": {**common, "mode": "sink"},
+        "proxy": {**common},
+        "client": {**common, "kind": "bulk", "chunk": suite.sizes.chunk},
+    }
+
+
+def _readline_configs(suite: Suite, row: str, shared: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The common sender of the lines, and the measured reader."""
+    lines = suite.sizes.lines
+    common = {"connections": 0, "no_delay": False, "tls": None, "lines": lines}
+    common["bytes"] = lines_bytes(lines)
+    return {"server": {**common, "mode": "lines"}, "client": {**common, "kind": "readline"}}
+
+
+_NEWER = {"sendfile": _sendfile_configs, "proxy": _proxy_configs, "readline": _readline_configs}
+
+
+def _ready(out: Lines, peer: str, measured: bool, timeout: float) -> int:
+    """The port a server or proxy listens on; :class:`Unsupported` if it is
+    the measured implementation's and it cannot do what the row measures."""
+    said, text = out.expect_any(("READY", "UNSUPPORTED") if measured else ("READY",), timeout)
+    if said == "UNSUPPORTED":
+        raise Unsupported(text or "unsupported")
+    return int(text)
+
+
+def _tell(proc: subprocess.Popen[bytes], port: int) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(f"{port}\n".encode())
+    proc.stdin.flush()
+
+
+def _measure(suite: Suite, row: str, peer: str, shared: dict[str, Any]) -> dict[str, float]:
+    cfgs = _configs(suite, row, shared)
+    for cfg in cfgs.values():
+        cfg["cpus"] = None
+    cfgs["server"]["cpus"], cfgs["client"]["cpus"] = _pinning(suite, row)
+    roles = layout(row)
+    # Every process starts at once; each waits for its port on its stdin.
+    with contextlib.ExitStack() as stack:
+        procs: dict[str, tuple[subprocess.Popen[bytes], Lines]] = {}
+        for role, whose in roles:
+            runs = peer if whose == PEER else COMMON_PEER
+            procs[role] = stack.enter_context(_spawn(suite, runs, role, cfgs[role]))
+        mine = [procs[role][1] for role, whose in roles if whose == PEER]
+        measured = {role for role, whose in roles if whose == PEER}
+        server_out = procs["server"][1]
+        try:
+            port = _ready(server_out, peer, "server" in measured, 60)
+            if "proxy" in procs:
+                _tell(procs["proxy"][0], port)
+                port = _ready(procs["proxy"][1], peer, True, 60)
+        except Unsupported:
+            _check_library(suite, peer, *mine)
+            raise
+        client = procs["client"][0]
+        values = _client_values(suite, row, peer, procs, port, mine)
+        for role, (proc, out) in procs.items():
+            if role != "client" and proc.poll() is not None:
+                raise BenchError(f"{out.name} exited during the run{out.tail()}")
+        _check_library(suite, peer, *mine)
         assert client.stdin is not None
-        client.stdin.write(f"{port}\n".encode())
-        client.stdin.flush()
-        if row == "idle":
-            connected = int(client_out.expect("CONNECTED", suite.timeout))
-            server_out.expect("ACCEPTED", suite.timeout)
-            after = _settled_rss_kib(server.pid, suite.quick)
-            values = {
-                "kib_per_conn": (after - before) / connected,
-                "rss_before_kib": before,
-                "rss_after_kib": after,
-            }
-        else:
-            said, text = client_out.expect_any(("RESULT", "UNSUPPORTED"), suite.timeout)
-            if said == "UNSUPPORTED":
-                _check_library(suite, peer, server_out, client_out)
-                raise Unsupported(text or "unsupported")
-            values = json.loads(text)
-            if server.poll() is not None:
-                raise BenchError(
-                    f"{peer_name(peer)} server exited during the run{server_out.tail()}"
-                )
-        _check_library(suite, peer, server_out, client_out)
         client.stdin.close()  # the client's cue to exit
         client.wait(30)
     return {key: float(value) for key, value in values.items()}
 
 
+def _client_values(
+    suite: Suite,
+    row: str,
+    peer: str,
+    procs: dict[str, tuple[subprocess.Popen[bytes], Lines]],
+    port: int,
+    mine: list[Lines],
+) -> dict[str, Any]:
+    """Give the client the port; what it measured (the idle row: the
+    server's memory before and after the client's connections)."""
+    server, server_out = procs["server"]
+    client, client_out = procs["client"]
+    before = 0  # only read by the idle row, which measures it here
+    if row == "idle":
+        before = _settled_rss_kib(server.pid, suite.quick)
+    _tell(client, port)
+    if row == "idle":
+        connected = int(client_out.expect("CONNECTED", suite.timeout))
+        server_out.expect("ACCEPTED", suite.timeout)
+        after = _settled_rss_kib(server.pid, suite.quick)
+        return {
+            "kib_per_conn": (after - before) / connected,
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+        }
+    said, text = client_out.expect_any(("RESULT", "UNSUPPORTED"), suite.timeout)
+    if said == "UNSUPPORTED":
+        _check_library(suite, peer, *mine)
+        raise Unsupported(text or "unsupported")
+    values: dict[str, Any] = json.loads(text)
+    return values
+
+
 def _describe(row: str, values: dict[str, float]) -> str:
-    if row in ("bulk", "tls"):
+    if "mbps" in values:
         return f"{values['mbps']:,.0f} MB/s"
+    if row == "readline":
+        return f"{values['lps']:,.0f} lines/s"
     if row.startswith("pingpong"):
         return (
             f"{values['rtps']:,.0f} rt/s, p50 {values['p50_us']:,.1f} µs, "
@@ -372,6 +457,28 @@ def _certificates(suite: Suite) -> Generator[dict[str, str] | None, None, None]:
         yield paths
 
 
+#: The sendfile rows' file is written in blocks of this many random bytes.
+_FILE_BLOCK = 4 << 20
+
+
+@contextlib.contextmanager
+def _file(suite: Suite) -> Generator[str | None, None, None]:
+    """The sendfile rows' file (``sendfile_bytes`` of real data, random
+    blocks: not sparse), made once per invocation and deleted after."""
+    if "sendfile" not in suite.benchmarks:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="trio-netstream-bench-") as folder:
+        path = Path(folder) / "sendfile.bin"
+        left = suite.sizes.sendfile_bytes
+        with open(path, "wb") as file:
+            while left:
+                block = os.urandom(min(left, _FILE_BLOCK))
+                file.write(block)
+                left -= len(block)
+        yield str(path)
+
+
 def run_suite(suite: Suite) -> None:
     rows = [row for bench in suite.benchmarks for row in BENCHMARKS[bench]]
     if "pingpong" in suite.benchmarks and len(suite.cpus) < 2:
@@ -380,7 +487,8 @@ def run_suite(suite: Suite) -> None:
         )
         progress("note: " + suite.notes[-1])
         rows.remove("pingpong-cross")
-    with _certificates(suite) as tls:
+    with _certificates(suite) as tls, _file(suite) as file:
+        shared = {"tls": tls, "file": file}
         rows = [row for row in rows if row.split("-")[0] in suite.benchmarks]
         for row in rows:
             total = suite.sizes.runs * len(suite.peers)
@@ -395,7 +503,7 @@ def run_suite(suite: Suite) -> None:
                     ):
                         continue
                     try:
-                        values = _measure(suite, row, peer, tls)
+                        values = _measure(suite, row, peer, shared)
                     except Unsupported as exc:
                         suite.unsupported.setdefault(row, {})[peer] = str(exc)
                         progress(f"{label}: n/a: {exc}")

@@ -42,9 +42,50 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "idle": ("idle",),
     "tls": ("tls",),
     "handshake": ("handshake", "handshake-resume"),
+    "sendfile": ("sendfile", "sendfile-write"),
+    "proxy": ("proxy",),
+    "readline": ("readline",),
 }
 #: Benchmarks that need the TLS certificates (made with trustme).
 TLS_BENCHMARKS = ("tls", "handshake")
+
+#: Whose process plays each role of a run, in start order: ``PEER`` (the
+#: implementation measured) or ``COMMON`` (raw trio's role, the same for every
+#: implementation, so that only the measured role varies). The rows of a
+#: benchmark not listed run a server and a client of the measured implementation.
+PEER, COMMON = "peer", "common"
+LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    # the measured server sends the file; a common receiver counts it
+    "sendfile": (("server", PEER), ("client", COMMON)),
+    # a common sender, through the measured proxy, to a common sink
+    "proxy": (("server", COMMON), ("proxy", PEER), ("client", COMMON)),
+    # a common sender of the lines; the measured client reads them
+    "readline": (("server", COMMON), ("client", PEER)),
+}
+DEFAULT_LAYOUT = (("server", PEER), ("client", PEER))
+#: The peer whose roles are the common ones.
+COMMON_PEER = "trio"
+
+
+def layout(row: str) -> tuple[tuple[str, str], ...]:
+    """The roles of *row*'s runs and whose each is (see :data:`LAYOUTS`)."""
+    return LAYOUTS.get(row.split("-")[0], DEFAULT_LAYOUT)
+
+
+#: The readline benchmark's lines: line *i* is ``line_length(i)`` bytes, its
+#: ``\n`` included (16 to 32 bytes, 24 on average), cut from this text.
+LINE_TEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" * 2
+LINE_CYCLE = 17
+
+
+def line_length(index: int) -> int:
+    return 16 + index % LINE_CYCLE
+
+
+def lines_bytes(count: int) -> int:
+    """The size of the first *count* lines."""
+    cycles, rest = divmod(count, LINE_CYCLE)
+    return cycles * sum(map(line_length, range(LINE_CYCLE))) + sum(map(line_length, range(rest)))
 
 
 def peer_name(peer: str) -> str:
@@ -116,6 +157,14 @@ ROWS: dict[str, Row] = {
         "TLS resumption",
         (Metric("hps", "handshakes/s", "hs/s", True),),
     ),
+    "sendfile": Row("sendfile", "File sending (the file API)", "sendfile", (_MBPS,)),
+    "sendfile-write": Row(
+        "sendfile-write", "File sending (64 KiB reads and writes)", "file by writes", (_MBPS,)
+    ),
+    "proxy": Row("proxy", "Bulk through a proxy", "proxy", (_MBPS,)),
+    "readline": Row(
+        "readline", "Reading lines", "readline", (Metric("lps", "lines/s", "lines/s", True),)
+    ),
 }
 
 
@@ -129,6 +178,9 @@ class Sizes:
     idle: int
     tls_bytes: int
     handshakes: int
+    sendfile_bytes: int
+    proxy_bytes: int
+    lines: int
     runs: int
 
 
@@ -141,6 +193,9 @@ FULL = Sizes(
     idle=10_000,
     tls_bytes=256 << 20,
     handshakes=1_000,
+    sendfile_bytes=1 << 30,
+    proxy_bytes=1 << 30,
+    lines=1_000_000,
     runs=5,
 )
 QUICK = Sizes(
@@ -152,6 +207,9 @@ QUICK = Sizes(
     idle=100,
     tls_bytes=4 << 20,
     handshakes=20,
+    sendfile_bytes=4 << 20,
+    proxy_bytes=4 << 20,
+    lines=10_000,
     runs=1,
 )
 
@@ -179,6 +237,9 @@ TARGETS = (
     Target("cross-core ping-pong", "pingpong-cross", "rtps", "trio", 0.95, True),
     Target("churn", "churn", "cps", "trio", 1.0, True),
     Target("idle memory", "idle", "kib_per_conn", "trio", 1.5, False, " per connection"),
+    Target("send_file()", "sendfile", "mbps", "trio", 1.3, True),
+    Target("proxy (two pipe()s)", "proxy", "mbps", "trio", 1.0, True),
+    Target("readline()", "readline", "lps", "asyncio-streams", 1.0, True, " readline()"),
 )
 
 

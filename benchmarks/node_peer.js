@@ -1,8 +1,9 @@
 // The Node.js peer of trio_netstream's benchmark suite (benchmarks/bench.py).
 //
-//   node node_peer.js server|client '<json config>'
+//   node node_peer.js server|client|proxy '<json config>'
 //
-// It speaks the suite's line protocol on stdout: a server prints
+// It speaks the suite's line protocol on stdout (python_peer.py describes
+// it): a server, or a proxy once its target's port came on stdin, prints
 // "READY <port>" once listening (and "ACCEPTED <n>" once it holds the idle
 // benchmark's n connections); a client prints "RESULT <json>", or
 // "CONNECTED <n>" for the idle benchmark and then holds its connections
@@ -15,6 +16,7 @@
 
 const fs = require('fs');
 const net = require('net');
+const readline = require('readline');
 const tls = require('tls');
 
 const HOST = '127.0.0.1';
@@ -57,12 +59,41 @@ function versions() {
     : {};
 }
 
+// The sendfile rows' server: the file piped to the socket (the 'api' row:
+// Node's way to send a file, it has no zero-copy send), or read in
+// cfg.chunk pieces (blocking: the file is in the page cache), each written,
+// waiting for 'drain' when write() returns false. The receiver's one-byte
+// answer (every byte came) ends the socket.
+function sendFile(socket) {
+  socket.once('data', () => socket.end());
+  if (cfg.by === 'api') {
+    fs.createReadStream(cfg.file).pipe(socket, { end: false });
+    return;
+  }
+  const fd = fs.openSync(cfg.file, 'r');
+  socket.on('close', () => fs.closeSync(fd));
+  function pump() {
+    for (;;) {
+      const chunk = Buffer.allocUnsafe(cfg.chunk);
+      const size = fs.readSync(fd, chunk, 0, cfg.chunk, null);
+      if (size === 0) return;
+      if (!socket.write(size === cfg.chunk ? chunk : chunk.subarray(0, size))) return;
+    }
+  }
+  socket.on('drain', pump);
+  pump();
+}
+
 function server() {
   const sink = cfg.mode === 'sink';
   let accepted = 0;
   function onConnection(socket) {
     if (cfg.no_delay) socket.setNoDelay(true);
     socket.on('error', () => {});
+    if (cfg.mode === 'sendfile') {
+      sendFile(socket);
+      return;
+    }
     if (sink) {
       let received = 0;
       socket.on('data', (data) => {
@@ -213,6 +244,44 @@ async function handshake() {
   result({ hps: cfg.count / elapsed, resumed });
 }
 
+// The proxy row's proxy (its target's port from stdin, as cfg.target): the
+// canonical Node.js proxy, two pipes per connection.
+function proxy() {
+  const server = net.createServer((client) => {
+    client.setNoDelay(true);
+    const upstream = net.connect({ host: HOST, port: cfg.target });
+    upstream.setNoDelay(true);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+  });
+  server.on('error', fail);
+  server.listen({ host: HOST, port: 0, backlog: BACKLOG }, () => {
+    say('READY ' + server.address().port);
+  });
+}
+
+// The readline row's reader: readline.createInterface and its 'line' event.
+function readLines() {
+  const start = process.hrtime.bigint();
+  const socket = net.connect({ host: HOST, port: cfg.port });
+  const rl = readline.createInterface({ input: socket, crlfDelay: Infinity });
+  let lines = 0;
+  let size = 0;
+  rl.on('line', (line) => {
+    lines += 1;
+    size += line.length + 1; // its '\n' (the lines are ASCII)
+    if (lines !== cfg.lines) return;
+    const elapsed = seconds(start);
+    if (size !== cfg.bytes) fail(new Error(`read ${size} bytes, not ${cfg.bytes}`));
+    result({ seconds: elapsed, lps: lines / elapsed });
+    rl.close();
+    socket.end();
+  });
+  socket.on('error', fail);
+}
+
 function idle() {
   const held = [];
   let connected = 0;
@@ -237,13 +306,10 @@ function idle() {
   // the process exits at once (the kernel closes every socket).
 }
 
-function client() {
-  const kinds = { bulk, pingpong, churn, idle, handshake };
-  const run = kinds[cfg.kind];
-  if (!run) fail(new Error('unknown client kind ' + cfg.kind));
-  // The orchestrator sends the port on stdin once the server listens, and
-  // closes stdin when it is done with us (the idle client holds its
-  // connections until then).
+// Once the first line of stdin (a port) came: run(port). The orchestrator
+// closes stdin when it is done with us (the idle client holds its
+// connections until then).
+function withPort(run) {
   let input = '';
   let started = false;
   process.stdin.on('data', (data) => {
@@ -252,12 +318,26 @@ function client() {
     const newline = input.indexOf('\n');
     if (newline < 0) return;
     started = true;
-    cfg.port = parseInt(input.slice(0, newline), 10);
-    Promise.resolve(run()).catch(fail);
+    Promise.resolve(run(parseInt(input.slice(0, newline), 10))).catch(fail);
   });
   process.stdin.on('end', () => process.exit(started ? 0 : 1));
 }
 
+function client() {
+  const kinds = { bulk, pingpong, churn, idle, handshake, readline: readLines };
+  const run = kinds[cfg.kind];
+  if (!run) fail(new Error('unknown client kind ' + cfg.kind));
+  withPort((port) => {
+    cfg.port = port; // the server's, once it listens
+    return run();
+  });
+}
+
 if (role === 'server') server();
 else if (role === 'client') client();
-else fail(new Error('usage: node node_peer.js server|client <json config>'));
+else if (role === 'proxy') {
+  withPort((port) => {
+    cfg.target = port; // the sink's, once it listens
+    proxy();
+  });
+} else fail(new Error('usage: node node_peer.js server|client|proxy <json config>'));

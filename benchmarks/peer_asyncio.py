@@ -21,6 +21,7 @@ from typing import Any
 from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, TLS_NAME, BenchError
 from peer_common import (
     Announcer,
+    check_lines,
     check_resumed,
     client_ssl,
     hold_then_exit,
@@ -124,13 +125,116 @@ async def protocol_server(cfg: dict[str, Any]) -> None:
         def eof_received(self) -> bool:
             return False  # close the transport
 
+    factory = _protocol_file_sender(cfg) if cfg["mode"] == "sendfile" else Server
     server = await loop.create_server(
-        Server,
+        factory,
         HOST,
         0,
         backlog=BACKLOG,
         ssl=server_ssl(cfg["tls"]) if cfg["tls"] else None,
     )
+    async with server:
+        say(f"READY {server.sockets[0].getsockname()[1]}")
+        await server.serve_forever()
+
+
+def _protocol_file_sender(cfg: dict[str, Any]) -> type[asyncio.Protocol]:
+    """The sendfile rows' server: ``loop.sendfile(transport, file)`` (by
+    ``"api"``), or ``chunk`` reads written while not ``pause_writing``; the
+    receiver's answer closes the transport."""
+    loop = asyncio.get_running_loop()
+    chunk: int = cfg["chunk"]
+    by_api = cfg["by"] == "api"
+
+    class FileSender(asyncio.Protocol):
+        transport: asyncio.Transport
+        paused = False
+        sending: asyncio.Task[int] | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            self.file = open(cfg["file"], "rb", buffering=0)  # noqa: SIM115 - closed when lost
+            if by_api:
+                self.sending = loop.create_task(loop.sendfile(transport, self.file))
+            else:
+                self.pump()
+
+        def pump(self) -> None:
+            while not self.paused and (data := self.file.read(chunk)):
+                self.transport.write(data)
+
+        def pause_writing(self) -> None:
+            self.paused = True
+
+        def resume_writing(self) -> None:
+            self.paused = False
+            if not by_api:
+                self.pump()
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.close()  # every byte came
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.file.close()
+
+    return FileSender
+
+
+class _Relay(asyncio.Protocol):
+    """One side of the asyncio Protocol proxy: what it receives is written
+    to its peer's transport; the peer's write buffer full pauses its reading."""
+
+    transport: asyncio.Transport
+    peer: _Relay
+    ended = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self.peer.transport.write_eof()
+        if self.peer.ended:
+            self.transport.close()
+            self.peer.transport.close()
+        return True  # half-open until the peer's end
+
+    def pause_writing(self) -> None:
+        self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if hasattr(self, "peer"):
+            self.peer.transport.close()
+
+
+async def protocol_proxy(cfg: dict[str, Any]) -> None:
+    """The proxy row's proxy: per connection, one to ``target``; the client's
+    reading waits for it."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    class Accepted(_Relay):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            transport.pause_reading()  # type: ignore[attr-defined]
+            task = loop.create_task(self.connect())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        async def connect(self) -> None:
+            _, upstream = await loop.create_connection(_Relay, HOST, cfg["target"])
+            upstream.peer, self.peer = self, upstream
+            self.transport.resume_reading()
+
+    server = await loop.create_server(Accepted, HOST, 0, backlog=BACKLOG)
     async with server:
         say(f"READY {server.sockets[0].getsockname()[1]}")
         await server.serve_forever()
@@ -315,8 +419,49 @@ async def _protocol_handshake(port: int, cfg: dict[str, Any]) -> None:
     await _handshakes(cfg, one)
 
 
+async def _protocol_readline(port: int, cfg: dict[str, Any]) -> None:
+    """Lines split in ``data_received`` (``bytearray`` + ``find`` + ``del``,
+    each line taken as ``bytes``): asyncio Protocol has no line reader."""
+    loop = asyncio.get_running_loop()
+    count: int = cfg["lines"]
+    finished: asyncio.Future[float] = loop.create_future()
+
+    class Lines(asyncio.Protocol):
+        transport: asyncio.Transport
+        lines = size = 0
+
+        def __init__(self) -> None:
+            self.buffer = bytearray()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            buffer = self.buffer
+            scanned = len(buffer)
+            buffer += data
+            start = 0
+            while (end := buffer.find(b"\n", scanned)) >= 0:
+                line = bytes(buffer[start : end + 1])
+                self.lines += 1
+                self.size += len(line)
+                start = scanned = end + 1
+            del buffer[:start]
+            if self.lines >= count and not finished.done():
+                finished.set_result(time.perf_counter())
+                self.transport.close()
+
+    start = time.perf_counter()
+    _, lines = await loop.create_connection(Lines, HOST, port)
+    elapsed = await finished - start
+    check_lines(count, lines.lines, lines.size)
+    result(seconds=elapsed, lps=count / elapsed)
+
+
 _PROTOCOL_KINDS = {
     "bulk": _protocol_bulk,
+    "readline": _protocol_readline,
     "pingpong": _protocol_pingpong,
     "churn": _protocol_churn,
     "idle": _protocol_idle,
@@ -329,28 +474,14 @@ _PROTOCOL_KINDS = {
 
 async def streams_server(cfg: dict[str, Any]) -> None:
     announce = Announcer(cfg["connections"])
-    total: int = cfg["bytes"]
+    serve = _STREAMS_SERVES[cfg["mode"]]
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         announce()
         if cfg["no_delay"]:
             _nodelay(writer.transport)
         try:
-            if cfg["mode"] == "sink":
-                received = 0
-                while received < total:
-                    data = await reader.read(65536)
-                    if not data:
-                        return
-                    received += len(data)
-                writer.write(b"k")
-                await writer.drain()
-                while await reader.read(65536):
-                    pass
-            else:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
+            await serve(reader, writer, cfg)
             writer.close()
             await writer.wait_closed()
         except (ConnectionError, ssl.SSLError):
@@ -366,6 +497,75 @@ async def streams_server(cfg: dict[str, Any]) -> None:
     async with server:
         say(f"READY {server.sockets[0].getsockname()[1]}")
         await server.serve_forever()
+
+
+async def _streams_sink(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cfg: dict[str, Any]
+) -> None:
+    total: int = cfg["bytes"]
+    received = 0
+    while received < total:
+        data = await reader.read(65536)
+        if not data:
+            return
+        received += len(data)
+    writer.write(b"k")
+    await writer.drain()
+    while await reader.read(65536):
+        pass
+
+
+async def _streams_echo(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cfg: dict[str, Any]
+) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+async def _streams_send_file(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cfg: dict[str, Any]
+) -> None:
+    """The sendfile rows' server: ``loop.sendfile(writer.transport, file)``
+    (by ``"api"``), or ``chunk`` reads, each written and drained; then the
+    receiver's answer."""
+    with open(cfg["file"], "rb", buffering=0) as file:  # noqa: ASYNC230 - page cache
+        if cfg["by"] == "api":
+            await asyncio.get_running_loop().sendfile(writer.transport, file)
+        else:
+            while data := file.read(cfg["chunk"]):
+                writer.write(data)
+                await writer.drain()
+    await reader.read(1)
+
+
+_STREAMS_SERVES = {"sink": _streams_sink, "echo": _streams_echo, "sendfile": _streams_send_file}
+
+
+async def streams_proxy(cfg: dict[str, Any]) -> None:
+    """The proxy row's proxy: per connection, one to ``target`` and a task
+    per direction (``read`` / ``write`` and ``drain``, then ``write_eof``)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(HOST, cfg["target"])
+        await asyncio.gather(
+            _streams_relay(reader, upstream_writer), _streams_relay(upstream_reader, writer)
+        )
+        writer.close()
+        upstream_writer.close()
+
+    server = await asyncio.start_server(handler, HOST, 0, backlog=BACKLOG)
+    async with server:
+        say(f"READY {server.sockets[0].getsockname()[1]}")
+        await server.serve_forever()
+
+
+async def _streams_relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
 
 
 async def streams_client(cfg: dict[str, Any]) -> None:
@@ -460,8 +660,23 @@ async def _streams_handshake(port: int, cfg: dict[str, Any]) -> None:
     await _handshakes(cfg, one)
 
 
+async def _streams_readline(port: int, cfg: dict[str, Any]) -> None:
+    count: int = cfg["lines"]
+    size = 0
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection(HOST, port)
+    for _ in range(count):
+        size += len(await reader.readline())
+    elapsed = time.perf_counter() - start
+    writer.close()
+    await writer.wait_closed()
+    check_lines(count, count, size)
+    result(seconds=elapsed, lps=count / elapsed)
+
+
 _STREAMS_KINDS = {
     "bulk": _streams_bulk,
+    "readline": _streams_readline,
     "pingpong": _streams_pingpong,
     "churn": _streams_churn,
     "idle": _streams_idle,

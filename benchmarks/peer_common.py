@@ -1,7 +1,7 @@
 """What every Python role shares: the line protocol's output, the file
 limit, the idle client's hold, TLS contexts from the orchestrator's files,
 the handshake rows' resumption check, latency percentiles and the server's
-connection count."""
+connection count, the readline benchmark's lines and their check."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import resource
 import ssl
 import sys
 
-from bench_spec import BenchError
+from bench_spec import LINE_TEXT, BenchError, line_length, lines_bytes
 
 
 def say(line: str) -> None:
@@ -97,3 +97,17 @@ class Announcer:
         self.count += 1
         if self.count == self.target:
             say(f"ACCEPTED {self.count}")
+
+
+def lines_payload(count: int) -> bytes:
+    """The readline benchmark's *count* lines (see ``bench_spec.line_length``)."""
+    text = LINE_TEXT.encode()
+    return b"".join(
+        text[index % 26 : index % 26 + line_length(index) - 1] + b"\n" for index in range(count)
+    )
+
+
+def check_lines(count: int, lines: int, size: int) -> None:
+    """The reader got the *count* lines the sender sent, *size* bytes in all."""
+    if lines != count or size != lines_bytes(count):
+        raise BenchError(f"read {lines} lines of {size} bytes, not {count} of {lines_bytes(count)}")

@@ -19,6 +19,7 @@ import trio_netstream as net
 from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, TLS_NAME, BenchError
 from peer_common import (
     Announcer,
+    check_lines,
     check_resumed,
     client_ssl,
     hold_then_exit,
@@ -53,10 +54,71 @@ async def netstream_server(cfg: dict[str, Any]) -> None:
         stream.on("end", stream.end)
         announce()
 
+    listener: Any = on_connection
+    if cfg["mode"] == "sendfile":
+        if cfg["by"] == "api" and not _HAS_SEND_FILE:
+            say("UNSUPPORTED this trio_netstream has no send_file()")
+            return
+        listener = _send_file_by_api if cfg["by"] == "api" else _send_file_by_writes
+        listener = functools.partial(listener, cfg)
     options: dict[str, Any] = {"no_delay": cfg["no_delay"]}
     if cfg["tls"]:
         options["ssl"] = server_ssl(cfg["tls"])
-    async with net.create_server(on_connection, **options) as server:
+    async with net.create_server(listener, **options) as server:
+        await server.listen(0, HOST, backlog=BACKLOG)
+        address = server.address()
+        assert isinstance(address, tuple)
+        say(f"READY {address[1]}")
+        await trio.sleep_forever()
+
+
+#: Whether this trio_netstream has what the newer rows measure (a
+#: ``--baseline`` checkout may predate them): then the row shows n/a.
+_HAS_SEND_FILE = hasattr(net.Stream, "send_file")
+_HAS_PIPE = hasattr(net.Stream, "pipe")
+_HAS_READLINE = hasattr(net.Stream, "readline")
+
+
+async def _send_file_by_api(cfg: dict[str, Any], stream: net.Stream) -> None:
+    """The sendfile row: ``await stream.send_file(path)``; the receiver's
+    answer (one byte, once every byte came) ends the stream."""
+    stream.on("data", functools.partial(_end_on_data, stream))
+    await stream.send_file(cfg["file"])
+
+
+def _send_file_by_writes(cfg: dict[str, Any], stream: net.Stream) -> None:
+    """The sendfile-write row: the file in ``chunk`` reads (blocking: it is in
+    the page cache), each written, waiting for ``'drain'`` when ``write()``
+    returns ``False``; the receiver's answer ends the stream."""
+    file = open(cfg["file"], "rb", buffering=0)  # noqa: SIM115 - closed at 'close'
+    chunk: int = cfg["chunk"]
+
+    def pump() -> None:
+        while data := file.read(chunk):
+            if not stream.write(data):
+                return  # wait for 'drain'
+
+    stream.on("drain", pump)
+    stream.on("data", functools.partial(_end_on_data, stream))
+    stream.on("close", lambda had_error: file.close())
+    pump()
+
+
+async def netstream_proxy(cfg: dict[str, Any]) -> None:
+    """The proxy row's proxy: per connection, one to ``target``, and
+    ``client.pipe(upstream)``, ``upstream.pipe(client)``."""
+    if not _HAS_PIPE:
+        say("UNSUPPORTED this trio_netstream has no pipe()")
+        return
+
+    async def on_connection(client: net.Stream) -> None:
+        upstream = net.create_connection(cfg["target"], HOST, no_delay=True)
+        client.pipe(upstream)
+        upstream.pipe(client)
+        async with upstream:
+            await client.wait_closed()
+
+    async with net.create_server(on_connection, no_delay=True) as server:
         await server.listen(0, HOST, backlog=BACKLOG)
         address = server.address()
         assert isinstance(address, tuple)
@@ -233,8 +295,25 @@ async def _handshake(port: int, cfg: dict[str, Any]) -> None:
     result(hps=count / elapsed, resumed=resumed)
 
 
+async def _readline(port: int, cfg: dict[str, Any]) -> None:
+    if not _HAS_READLINE:
+        say("UNSUPPORTED this trio_netstream has no readline()")
+        return
+    count: int = cfg["lines"]
+    size = 0
+    start = time.perf_counter()
+    async with net.create_connection(port, HOST) as stream:
+        for _ in range(count):
+            size += len(await stream.readline())
+        elapsed = time.perf_counter() - start
+        stream.end()
+    check_lines(count, count, size)
+    result(seconds=elapsed, lps=count / elapsed)
+
+
 _KINDS = {
     "bulk": _bulk,
+    "readline": _readline,
     "pingpong": _pingpong,
     "churn": _churn,
     "idle": _idle,

@@ -17,10 +17,12 @@ import trio
 from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, TLS_NAME, BenchError
 from peer_common import (
     Announcer,
+    check_lines,
     check_resumed,
     client_ssl,
     hold_then_exit,
     latency_summary,
+    lines_payload,
     result,
     say,
     server_ssl,
@@ -29,27 +31,14 @@ from peer_common import (
 
 async def trio_server(cfg: dict[str, Any]) -> None:
     announce = Announcer(cfg["connections"])
-    total: int = cfg["bytes"]
+    serve = _SERVES[cfg["mode"]]
+    if cfg["mode"] == "lines":
+        cfg = {**cfg, "payload": lines_payload(cfg["lines"])}  # made before READY: untimed
 
     async def handler(stream: trio.abc.Stream) -> None:
         announce()
         try:
-            if cfg["mode"] == "sink":
-                received = 0
-                while received < total:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    received += len(data)
-                await stream.send_all(b"k")
-                while await stream.receive_some(65536):
-                    pass
-            else:
-                while data := await stream.receive_some(65536):
-                    await stream.send_all(data)
-                # Over TLS, a close_notify back (serve_tcp would close
-                # the stream without one); over TCP, the same close.
-                await stream.aclose()
+            await serve(stream, cfg)
         except trio.BrokenResourceError:
             pass
 
@@ -74,6 +63,77 @@ async def trio_server(cfg: dict[str, Any]) -> None:
             listeners: list[trio.SocketListener] = await nursery.start(serve_tcp)
             port = listeners[0].socket.getsockname()[1]
         say(f"READY {port}")
+
+
+async def _sink(stream: trio.abc.Stream, cfg: dict[str, Any]) -> None:
+    total: int = cfg["bytes"]
+    received = 0
+    while received < total:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        received += len(data)
+    await stream.send_all(b"k")
+    while await stream.receive_some(65536):
+        pass
+
+
+async def _echo(stream: trio.abc.Stream, cfg: dict[str, Any]) -> None:
+    while data := await stream.receive_some(65536):
+        await stream.send_all(data)
+    # Over TLS, a close_notify back (serve_tcp would close
+    # the stream without one); over TCP, the same close.
+    await stream.aclose()
+
+
+async def _send_file(stream: trio.abc.Stream, cfg: dict[str, Any]) -> None:
+    """The sendfile rows' sender: the file in ``chunk`` reads (a blocking
+    read: the file is in the page cache), each sent with ``send_all``."""
+    with open(cfg["file"], "rb", buffering=0) as file:  # noqa: ASYNC230 - page cache
+        while chunk := file.read(cfg["chunk"]):
+            await stream.send_all(chunk)
+    await stream.receive_some(1)  # the receiver's answer: every byte came
+    await stream.aclose()
+
+
+async def _send_lines(stream: trio.abc.Stream, cfg: dict[str, Any]) -> None:
+    """The readline row's common sender: every line as fast as it can, then EOF."""
+    assert isinstance(stream, trio.SocketStream)
+    await stream.send_all(cfg["payload"])
+    await stream.send_eof()
+    while await stream.receive_some(65536):
+        pass
+
+
+_SERVES = {"sink": _sink, "echo": _echo, "sendfile": _send_file, "lines": _send_lines}
+
+
+async def trio_proxy(cfg: dict[str, Any]) -> None:
+    """The proxy row's proxy: per connection, one to ``target`` and a task
+    per direction (``receive_some`` / ``send_all``, then ``send_eof``)."""
+
+    async def handler(client: trio.SocketStream) -> None:
+        async with (
+            client,
+            await trio.open_tcp_stream(HOST, cfg["target"]) as upstream,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(_relay, client, upstream)
+            nursery.start_soon(_relay, upstream, client)
+
+    async with trio.open_nursery() as nursery:
+        serve_tcp = functools.partial(trio.serve_tcp, handler, 0, host=HOST, backlog=BACKLOG)
+        listeners: list[trio.SocketListener] = await nursery.start(serve_tcp)
+        say(f"READY {listeners[0].socket.getsockname()[1]}")
+
+
+async def _relay(source: trio.SocketStream, destination: trio.SocketStream) -> None:
+    try:
+        while data := await source.receive_some(65536):
+            await destination.send_all(data)
+        await destination.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 async def trio_client(cfg: dict[str, Any]) -> None:
@@ -185,8 +245,72 @@ async def _handshake(port: int, cfg: dict[str, Any]) -> None:
     result(hps=count / elapsed, resumed=resumed)
 
 
+#: The common receiver's buffer: large, so that the sender is what is measured.
+_RECEIVE_BUFFER = 256 * 1024
+
+
+async def _receive(port: int, cfg: dict[str, Any]) -> None:
+    """The sendfile rows' common receiver: count the bytes (``recv_into`` one
+    buffer), answer one byte, wait for the close; MB/s from connect to the last byte."""
+    total: int = cfg["bytes"]
+    buffer = memoryview(bytearray(_RECEIVE_BUFFER))
+    received = 0
+    start = time.perf_counter()
+    async with await trio.open_tcp_stream(HOST, port) as stream:
+        while received < total:
+            size = await stream.socket.recv_into(buffer)
+            if not size:
+                break
+            received += size
+        elapsed = time.perf_counter() - start
+        if received != total:
+            raise BenchError(f"received {received} bytes, not {total}")
+        await stream.send_all(b"k")
+        while await stream.receive_some(65536):
+            pass
+    result(seconds=elapsed, mbps=total / elapsed / 1e6)
+
+
+class _LineReader:
+    """The raw trio counterpart of a line reader: a ``bytearray`` filled by
+    ``receive_some``, searched from where the last search stopped."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        self.scanned = 0
+
+    async def readline(self) -> bytes:
+        buffer = self.buffer
+        while (end := buffer.find(b"\n", self.scanned)) < 0:
+            self.scanned = len(buffer)
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError(f"the stream ended before a line ({len(buffer)} bytes came)")
+            buffer += data
+        line = bytes(buffer[: end + 1])
+        del buffer[: end + 1]
+        self.scanned = 0
+        return line
+
+
+async def _readline(port: int, cfg: dict[str, Any]) -> None:
+    count: int = cfg["lines"]
+    size = 0
+    start = time.perf_counter()
+    async with await trio.open_tcp_stream(HOST, port) as stream:
+        reader = _LineReader(stream)
+        for _ in range(count):
+            size += len(await reader.readline())
+        elapsed = time.perf_counter() - start
+    check_lines(count, count, size)
+    result(seconds=elapsed, lps=count / elapsed)
+
+
 _KINDS = {
     "bulk": _bulk,
+    "receive": _receive,
+    "readline": _readline,
     "pingpong": _pingpong,
     "churn": _churn,
     "idle": _idle,

@@ -44,6 +44,10 @@ def _expected_rows() -> list[str]:
         "tls",
         "handshake",
         "handshake-resume",
+        "sendfile",
+        "sendfile-write",
+        "proxy",
+        "readline",
     ]
     if len(os.sched_getaffinity(0)) < 2:
         rows.remove("pingpong-cross")
@@ -96,6 +100,10 @@ def test_quick_run_measures_every_benchmark_for_every_available_peer(tmp_path: P
         "tls": "mbps",
         "handshake": "hps",
         "handshake-resume": "hps",
+        "sendfile": "mbps",
+        "sendfile-write": "mbps",
+        "proxy": "mbps",
+        "readline": "lps",
     }
     for row in rows:
         assert sorted(data["results"][row]) == sorted(peers), row
