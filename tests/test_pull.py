@@ -682,3 +682,41 @@ async def test_starttls_with_readline_on_both_sides(
             stream.end()
         server.close()
     assert open_fds() == fds
+
+
+@bounded
+@pytest.mark.parametrize("first_pull_after_upgrade", [False, True])
+async def test_plaintext_behind_starttls_never_comes_out_of_a_pull_read(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext], first_pull_after_upgrade: bool
+) -> None:
+    """Bytes the peer injected behind its STARTTLS command, in the same
+    packet, were read as plaintext: after set_secure() a pull read returns
+    only what came through TLS (the injected line is dropped)."""
+    server_ctx, client_ctx = tls
+    seen: list[bytes] = []
+
+    async def on_connection(peer: net.Stream) -> None:
+        if first_pull_after_upgrade:
+            await trio.sleep(0.1)  # both lines kept before any pull read
+            peer.write(b"220 go ahead\r\n")
+        else:
+            seen.append(await peer.readline())
+            peer.write(b"220 go ahead\r\n")
+        peer.set_secure(server_ctx, server_side=True)
+        seen.append(await peer.readline())
+        seen.append(bytes([peer.secure]))
+        peer.end()
+
+    async with net.create_server(on_connection) as server:
+        await server.listen(0)
+        port = server.address()[1]  # type: ignore[index]
+        async with net.create_connection(port) as stream:
+            stream.write(b"STARTTLS\r\nINJECTED\r\n")  # one packet
+            assert await stream.readline() == b"220 go ahead\r\n"
+            stream.set_secure(client_ctx, server_hostname="localhost")
+            stream.write(b"secret\r\n")
+            assert await stream.read() == b""
+            stream.end()
+        server.close()
+    expected = [b"secret\r\n", b"\x01"]
+    assert seen == (expected if first_pull_after_upgrade else [b"STARTTLS\r\n", *expected])

@@ -22,6 +22,7 @@ from ._connection import Connection, Upgrade, apply_socket_options, plain_socket
 from ._errors import StreamStateError
 from ._options import alpn_list, check_number, check_timeout_ms, check_tls_options
 from ._properties import StreamProperties
+from ._reader import pushes
 from ._state import Input
 from ._timer import replan
 from ._tls import check_session, default_client_context
@@ -177,7 +178,14 @@ class StreamControls(StreamProperties):
             session=session,
         )
         conn.direct = None
-        self._flow.set_plaintext_aside()
+        flow = self._flow
+        flow.set_plaintext_aside()
+        if flow.pulled and not pushes(conn):
+            # Plaintext no pull read took (bytes that came behind the STARTTLS
+            # command): it can never come out of one as if it had been
+            # encrypted. (A stream that never pulled drops it before 'secure'.)
+            flow.end_plaintext()
+        flow.pull_ready = False  # a pull read waits for the handshake now
         kick_writer(conn)
         conn.wake_reader(interrupt=True)
 

@@ -100,6 +100,7 @@ class Flow:
         "paused",
         "plain_queue",
         "pull_budget",
+        "pull_ready",
         "pulled",
         "puller",
         "queue",
@@ -132,6 +133,10 @@ class Flow:
         self.pulled = False  # pull reads consume this connection (see wants_input)
         self.puller: Any = None  # the pull read waiting for bytes
         self.pull_budget = 0  # bytes pull reads returned since their last schedule point
+        # Nothing for a pull read to do before it takes kept bytes (no decoder,
+        # no carry, no async for, no 'data' listener, none waiting): set by
+        # _pull.prepare(), cleared by whatever changes one of those.
+        self.pull_ready = False
         self.decoder: Decoder | None = None
         self.encoding: str | None = None
         self.carry = b""  # bytes an earlier decoder held, for the current one
@@ -155,7 +160,7 @@ class Flow:
         self.kept = bytearray()
         self.kept_sizes.clear()
         self.scanned = 0
-        self.pulled = False
+        self.pulled = self.pull_ready = False
         self.bytes_read = self.bytes_written = 0
         # Decoding starts afresh: half a character of the last connection
         # is not the start of this one's first.
@@ -366,6 +371,7 @@ class Flow:
             TypeError, ValueError: an unknown encoding (nothing changes).
         """
         new = None if encoding is None else get_decoder(encoding)
+        self.pull_ready = False
         held = b"" if self.decoder is None else self.decoder.pending()
         self.decoder = new
         self.encoding = encoding

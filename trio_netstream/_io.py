@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 from ._controls import StreamControls
 from ._errors import StreamStateError
 from ._pipe import Pipes
-from ._pull import YIELD_BYTES, check_max_size, check_separator, owed_checkpoint, prepare, pull
+from ._pull import (
+    YIELD_BYTES,
+    check_max_size,
+    check_separator,
+    owed_checkpoint,
+    prepare,
+    pull,
+    upgrading,
+)
 from ._sendfile import check_arguments, send_file
 from ._state import WRITABLE
 
@@ -98,25 +106,29 @@ class StreamIO(StreamControls):
         """``read_until(b"\\n", max_size=max_size)``: a line with its ``\\n``."""
         if type(max_size) is not int or max_size < 1:
             max_size = check_max_size(max_size)
-        if self._flow.pull_budget >= YIELD_BYTES:
-            await owed_checkpoint(self._flow)
-        line = self._take_until(b"\n", max_size, "readline()")
-        if line is None:
-            return await self._until(b"\n", max_size)
+        flow = self._flow
+        if flow.pull_budget >= YIELD_BYTES:
+            await owed_checkpoint(flow)
+        if not flow.pull_ready:
+            return await self._until(b"\n", max_size, "readline()")
+        # _take_until(), inline: a line of a kept chunk holding many.
+        kept = flow.kept
+        size = kept.find(b"\n", flow.scanned, max_size) + 1
+        sizes = flow.kept_sizes
+        if not size or size >= sizes[0] or size > 4096:
+            return await self._until(b"\n", max_size, "readline()")
+        flow.pull_budget += size
+        line = bytes(kept[:size])
+        del kept[:size]
+        sizes[0] -= size
+        flow.scanned = 0
         return line
 
     def _take_until(self, separator: bytes, limit: int, call: str) -> bytes | None:
         """The kept bytes up to *separator*, if they are there (the fast path
         of :meth:`read_until`: nothing to wait for, and no schedule point)."""
         flow = self._flow
-        if (
-            not flow.pulled
-            or flow.puller is not None
-            or flow.feed is not None
-            or flow.decoder is not None
-            or flow.carry
-            or "data" in self._events
-        ):
+        if not flow.pull_ready or "data" in self._events:
             prepare(self, self._conn, flow, call)
         kept = flow.kept
         found = kept.find(separator, flow.scanned, limit)
@@ -135,21 +147,23 @@ class StreamIO(StreamControls):
         flow.scanned = 0
         return line
 
-    async def _until(self, separator: bytes, limit: int) -> bytes:
+    async def _until(self, separator: bytes, limit: int, call: str = "read_until()") -> bytes:
         """:meth:`read_until`'s slow path: wait for the separator."""
         flow = self._flow
-        line = None
-        while line is None:
-            kept = flow.kept
-            if len(kept) >= limit:
-                raise ValueError(
-                    f"read_until(): no {separator!r} in the first {limit} bytes (max_size);"
-                    " they stay readable"
-                )
-            flow.scanned = max(0, len(kept) - len(separator) + 1)
+        prepare(self, self._conn, flow, call)
+        while True:
+            if not upgrading(self._conn):
+                line = self._take_until(separator, limit, call)
+                if line is not None:
+                    return line
+                kept = flow.kept
+                if len(kept) >= limit:
+                    raise ValueError(
+                        f"read_until(): no {separator!r} in the first {limit} bytes"
+                        " (max_size); they stay readable"
+                    )
+                flow.scanned = max(0, len(kept) - len(separator) + 1)
             await self._pull(repr(separator))
-            line = self._take_until(separator, limit, "read_until()")
-        return line
 
     async def read_exactly(self, n: int) -> bytes:
         """Exactly *n* received bytes (a pull read, see :meth:`read_until`).
@@ -167,7 +181,7 @@ class StreamIO(StreamControls):
         if flow.pull_budget >= YIELD_BYTES:
             await owed_checkpoint(flow)
         prepare(self, self._conn, flow, "read_exactly()")
-        while len(flow.kept) < n:
+        while len(flow.kept) < n or upgrading(self._conn):
             await self._pull(f"{n} bytes")
         flow.pull_budget += n
         return flow.take_bytes(n)
@@ -185,7 +199,7 @@ class StreamIO(StreamControls):
         if flow.pull_budget >= YIELD_BYTES:
             await owed_checkpoint(flow)
         prepare(self, self._conn, flow, "read()")
-        while not flow.kept:
+        while not flow.kept or upgrading(self._conn):
             if await self._pull("", eof_ok=True) is not None:
                 return b""
         size = min(limit, len(flow.kept))

@@ -62,6 +62,7 @@ __all__ = [
     "pull",
     "owed_checkpoint",
     "served",
+    "upgrading",
     "wake_puller",
 ]
 
@@ -148,6 +149,18 @@ def prepare(host: EventEmitter, conn: Connection | None, flow: Flow, call: str) 
     withdraw(flow)
     if flow.feed is not None and not flow.feed.alive:
         flow.feed = None  # a loop that was left: nothing to take back from it
+    flow.pull_ready = (
+        flow.feed is None and flow.decoder is None and not flow.carry and not upgrading(conn)
+    )
+
+
+def upgrading(conn: Connection | None) -> bool:
+    """``set_secure()`` was called and the handshake is not done: a pull
+    read waits (what is kept is plaintext, for 'data' or nobody)."""
+    if conn is None:
+        return False
+    upgrade = conn.upgrade
+    return upgrade is not None and not upgrade.done.is_set()
 
 
 def withdraw(flow: Flow) -> bool:
@@ -182,6 +195,7 @@ async def pull(
     if withdraw(flow):
         return None
     waiter = flow.puller = Waiter()
+    flow.pull_ready = False  # another pull read must meet the waiter in prepare()
     flow.pull_budget = 0  # waiting is a checkpoint
     kept = len(flow.kept)
     try:

@@ -252,6 +252,7 @@ async def secure(conn: Connection, upgrade: Upgrade) -> None:
         reject_unauthorized=upgrade.reject_unauthorized,
     )
     upgrade.done.set()
+    wake_puller(conn.flow, None)  # a pull read waiting for the handshake looks again
     await conn.emit("secure")
     if conn.accepted and upgrade.first_byte:
         await conn.owner.secured(conn.host)

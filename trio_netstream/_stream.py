@@ -481,12 +481,15 @@ class Stream(StreamIO):
         if flow.feed is not None and flow.feed.alive:
             raise StreamStateError("the stream is already being iterated")
         flow.feed, iterator = open_feed(flow, self)
+        flow.pull_ready = False
         self._wake_reader()
         return iterator
 
     def _add(self, event: str, listener: Callable[..., Any], once: bool) -> None:
-        if event == "data" and self._flow.puller is not None:
-            raise StreamStateError("on('data'): a pull read (read_until()...) is waiting")
+        if event == "data":
+            if self._flow.puller is not None:
+                raise StreamStateError("on('data'): a pull read (read_until()...) is waiting")
+            self._flow.pull_ready = False
         super()._add(event, listener, once)
         conn = self._conn
         if conn is None:
