@@ -41,6 +41,9 @@ async def serve(
     """
 
     async def chat(stream: net.Stream) -> None:
+        # A failure (a reset, a write to a client that just left): logged,
+        # and raised in the readline() that waits, if one does.
+        stream.on("error", lambda error: log.info("%r failed: %r", stream, error))
         try:
             while True:
                 line = await stream.readline(max_size=MAX_LINE)
@@ -54,8 +57,8 @@ async def serve(
             pass  # the client left; allow_half_open=False ended our side
         except ValueError:
             stream.end(b"line too long\n")
-        except OSError as error:  # reset, timeout: 'close' follows
-            log.info("%r failed: %r", stream, error)
+        except OSError:
+            pass  # logged by the 'error' listener; 'close' follows
 
     # allow_half_open=False: when a client ends, end our side too.
     async with net.create_server(chat, allow_half_open=False) as server:
