@@ -1,10 +1,10 @@
-"""A tiny SMTP-style server that upgrades connections with STARTTLS.
+"""A tiny SMTP server that upgrades connections with STARTTLS.
 
-This is the shape of a Node.js ``net`` server ported to ``trio_netstream``:
-one ``'connection'`` listener registers ``'data'``, ``'secure'``, ``'error'``
-and ``'close'`` listeners on each stream, and everything else happens in
-those listeners. It speaks just enough SMTP (RFC 5321 / RFC 3207) for
-``openssl s_client -starttls smtp`` and mail clients to upgrade to TLS::
+Each connection is one ``async def`` task (an async ``'connection'``
+listener) that reads the client's commands with ``await stream.readline()``
+and answers with ``stream.write()``. It speaks just enough SMTP
+(RFC 5321 / RFC 3207) for ``openssl s_client -starttls smtp`` and Python's
+``smtplib`` to upgrade to TLS and send mail::
 
     S: 220 localhost ESMTP trio_netstream
     C: EHLO client.example
@@ -18,7 +18,13 @@ those listeners. It speaks just enough SMTP (RFC 5321 / RFC 3207) for
     S: 250-localhost Hello client.example
     S: 250 HELP                      (no STARTTLS any more)
     C: MAIL FROM:<me@example.com>
-    S: 250 MAIL FROM:<me@example.com>   (any other line is echoed back)
+    S: 250 MAIL FROM:<me@example.com>
+    C: RCPT TO:<you@example.com>
+    S: 250 RCPT TO:<you@example.com>
+    C: DATA
+    S: 354 End data with <CR><LF>.<CR><LF>
+    C: Subject: hello  ...  .
+    S: 250 OK: message 1 queued
     C: QUIT
     S: 221 Bye                       (then the server ends the connection)
 
@@ -28,10 +34,16 @@ The rules, in full (commands are case-insensitive):
   advertises ``STARTTLS`` until the connection is secure.
 * ``STARTTLS``: ``220 Ready to start TLS``, then the TLS handshake. With
   arguments: ``501``; on a connection that is already secure: ``503``.
+  Plaintext the client sent behind the command is dropped, never read as
+  a command (a man in the middle could have injected it, CVE-2011-0411).
+* ``MAIL FROM:`` starts a message, ``RCPT TO:`` adds a recipient (both are
+  echoed as ``250 <line>``); ``DATA`` (``354``) reads the message up to a
+  line holding a single ``.``, then appends a :class:`Message` to the
+  server's inbox; ``RSET`` forgets the message under way.
 * ``QUIT``: ``221 Bye``, then the server ends the connection.
 * An empty line is ignored; any other line is echoed as ``250 <line>``.
-* A line longer than :data:`MAX_LINE` characters: ``500 Line too long``,
-  then the connection is ended.
+* A line longer than :data:`MAX_LINE` bytes: ``500 Line too long``, then
+  the connection is ended.
 
 Run it::
 
@@ -40,7 +52,8 @@ Run it::
 
 From a test (or any Trio program), start it in a nursery::
 
-    server = await nursery.start(serve, context)
+    inbox = []
+    server = await nursery.start(partial(serve, context, inbox=inbox))
     host, port = server.address()
     ...
     server.close()   # stop accepting; serve() returns once every session ended
@@ -51,6 +64,7 @@ from __future__ import annotations
 import argparse
 import logging
 import ssl
+from functools import partial
 from typing import Any
 
 import trio
@@ -61,6 +75,15 @@ log = logging.getLogger("starttls_smtp")
 
 #: The longest line (without its line ending) a client may send.
 MAX_LINE = 1000
+
+
+class Message:
+    """One message received with ``DATA``."""
+
+    def __init__(self, sender: str) -> None:
+        self.sender = sender
+        self.recipients: list[str] = []
+        self.body = b""  # its lines, CRLF-terminated, with the dot-stuffing undone
 
 
 def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
@@ -76,100 +99,123 @@ def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     return context
 
 
+class LineTooLong(Exception):
+    """The client sent more than :data:`MAX_LINE` bytes without a line end."""
+
+
 class SmtpSession:
-    """The conversation with one client: a line buffer and the command rules.
+    """The conversation with one client: :meth:`run` reads a command with
+    ``readline()``, answers it, and reads the next, until QUIT."""
 
-    All the work happens in the stream's listeners, as in a Node.js server.
-    ``'data'`` may bring part of a line, or several lines at once, so the
-    text goes into a buffer and only complete lines are answered.
-    """
-
-    def __init__(self, stream: net.Stream, context: ssl.SSLContext, name: str) -> None:
+    def __init__(
+        self, stream: net.Stream, context: ssl.SSLContext, name: str, inbox: list[Message]
+    ) -> None:
         self.stream = stream
         self.context = context
         self.name = name
-        self.buffer = ""
-        # True from STARTTLS until 'secure': nothing the client sends in
-        # between is trusted (see on_data).
-        self.upgrading = False
+        self.inbox = inbox
         self.secure = False
-        self.quitting = False
+        self.taken = 0  # bytes the reads took (see drop_plaintext)
 
-        stream.set_encoding("utf8")  # split multi-byte characters are handled for us
-        stream.on("data", self.on_data)
-        stream.on("secure", self.on_secure)
-        stream.on("error", self.on_error)
-        stream.on("close", self.on_close)
+    async def read_line(self) -> bytes:
+        """The next line, without its line ending.
 
-    # -- listeners -----------------------------------------------------------
-
-    def greet(self) -> None:
-        """Send the greeting. It is queued now and sent once the stream runs."""
-        self.reply(f"220 {self.name} ESMTP trio_netstream")
-
-    def on_data(self, text: str) -> None:
-        """Buffer *text* and answer every complete line in it."""
-        if self.upgrading or self.quitting:
-            # Plaintext that arrived after STARTTLS (or QUIT) in the same
-            # packet is dropped, never interpreted: a man in the middle could
-            # have injected it (CVE-2011-0411). trio_netstream already sends
-            # every byte read after set_secure() into TLS, never to 'data'.
-            return
-        self.buffer += text
-        while "\n" in self.buffer and not (self.upgrading or self.quitting):
-            line, self.buffer = self.buffer.split("\n", 1)
-            self.handle(line.removesuffix("\r"))
-        if self.upgrading or self.quitting:
-            self.buffer = ""  # the rest of the packet, as above
-        elif len(self.buffer) > MAX_LINE:
-            self.buffer = ""
-            self.quitting = True
-            self.stream.end("500 Line too long\r\n")
-
-    def on_secure(self) -> None:
-        """TLS is up. The client starts again with EHLO (RFC 3207, 4.2)."""
-        self.upgrading = False
-        self.secure = True
-        log.info("%r is secure", self.stream)
-
-    def on_error(self, error: BaseException) -> None:
-        """A network or TLS failure on this connection; ``'close'`` follows."""
-        log.info("%r failed: %r", self.stream, error)
-
-    def on_close(self, had_error: bool) -> None:
-        log.info("%r closed (had_error=%s)", self.stream, had_error)
-
-    # -- the protocol ------------------------------------------------------
+        Raises:
+            EOFError: the client hung up.
+            LineTooLong: the line is longer than :data:`MAX_LINE`.
+        """
+        try:
+            line = await self.stream.readline(max_size=MAX_LINE + 2)  # + CRLF
+        except ValueError:
+            raise LineTooLong from None
+        self.taken += len(line)
+        return line.removesuffix(b"\n").removesuffix(b"\r")
 
     def reply(self, *lines: str) -> None:
         """Send one reply line (or several, for a multi-line reply)."""
         self.stream.write("".join(f"{line}\r\n" for line in lines))
 
-    def handle(self, line: str) -> None:
-        """Answer one complete line (without its line ending)."""
-        verb, _, argument = line.partition(" ")
-        verb = verb.upper()
-        if verb in ("EHLO", "HELO"):
-            # Multi-line reply: "250-" on every line but the last, "250 " on it.
-            extensions = ["HELP"] if self.secure else ["STARTTLS", "HELP"]
-            lines = [f"{self.name} Hello {argument.strip() or 'there'}", *extensions]
-            self.reply(*(f"250-{text}" for text in lines[:-1]), f"250 {lines[-1]}")
-        elif verb == "STARTTLS":
-            if argument.strip():
-                self.reply("501 Syntax error (no parameters allowed)")
-            elif self.secure:
-                self.reply("503 Bad sequence of commands: TLS is already active")
-            else:
-                self.reply("220 Ready to start TLS")
-                # The reply above was written first, so it goes out in
-                # plaintext; the handshake follows, then 'secure'.
-                self.upgrading = True
-                self.stream.set_secure(self.context)
-        elif verb == "QUIT":
-            self.quitting = True
-            self.stream.end("221 Bye\r\n")  # flush, then close our side
-        elif line:
-            self.reply(f"250 {line}")
+    async def run(self) -> None:
+        """Greet, then answer every command until QUIT.
+
+        Raises:
+            EOFError: the client hung up without QUIT.
+            LineTooLong: see :meth:`read_line`.
+            OSError: the connection or the TLS handshake failed.
+        """
+        self.reply(f"220 {self.name} ESMTP trio_netstream")
+        message: Message | None = None
+        while True:
+            line = (await self.read_line()).decode("utf-8", "replace")
+            log.debug("C: %s%s", "(TLS) " if self.secure else "", line)
+            verb, _, argument = line.partition(" ")
+            verb = verb.upper()
+            if verb in ("EHLO", "HELO"):
+                # Multi-line reply: "250-" on every line but the last, "250 " on it.
+                extensions = ["HELP"] if self.secure else ["STARTTLS", "HELP"]
+                lines = [f"{self.name} Hello {argument.strip() or 'there'}", *extensions]
+                self.reply(*(f"250-{text}" for text in lines[:-1]), f"250 {lines[-1]}")
+            elif verb == "STARTTLS":
+                await self.starttls(argument)
+            elif verb == "MAIL":
+                message = Message(sender=argument.partition(":")[2].strip())
+                self.reply(f"250 {line}")
+            elif verb == "RCPT" and message is not None:
+                message.recipients.append(argument.partition(":")[2].strip())
+                self.reply(f"250 {line}")
+            elif verb == "DATA" and message is not None and message.recipients:
+                self.reply("354 End data with <CR><LF>.<CR><LF>")
+                message.body = await self.read_data()
+                self.inbox.append(message)
+                message = None
+                self.reply(f"250 OK: message {len(self.inbox)} queued")
+            elif verb in ("RCPT", "DATA"):
+                self.reply("503 Bad sequence of commands")
+            elif verb == "RSET":
+                message = None
+                self.reply("250 OK")
+            elif verb == "QUIT":
+                self.stream.end("221 Bye\r\n")  # flush, then close our side
+                return
+            elif line:
+                self.reply(f"250 {line}")
+
+    async def starttls(self, argument: str) -> None:
+        """Answer STARTTLS: ``220``, then the handshake."""
+        if argument.strip():
+            self.reply("501 Syntax error (no parameters allowed)")
+        elif self.secure:
+            self.reply("503 Bad sequence of commands: TLS is already active")
+        else:
+            await self.drop_plaintext()
+            # Written before set_secure(), the reply goes out in plaintext;
+            # the handshake follows, and every later read is decrypted. A
+            # failed handshake fails the next read.
+            self.reply("220 Ready to start TLS")
+            self.stream.set_secure(self.context)
+            self.secure = True
+
+    async def drop_plaintext(self) -> None:
+        """Drop what the client sent behind its STARTTLS command.
+
+        Pull reads read the socket only while one waits, so what the client
+        sends after the command stays in the kernel and goes to TLS. But the
+        read that brought the command may have brought more in the same
+        packet: of the ``bytes_read`` so far the reads took :attr:`taken`,
+        and the rest is kept for the next read. Take it here, so that
+        plaintext never comes out of a read as if it had been encrypted.
+        """
+        if extra := self.stream.bytes_read - self.taken:
+            log.info("%r: %d bytes after STARTTLS dropped", self.stream, extra)
+            await self.stream.read_exactly(extra)  # kept already: no wait
+            self.taken += extra
+
+    async def read_data(self) -> bytes:
+        """The message after ``DATA``, up to the line holding a single ``.``."""
+        body = bytearray()
+        while (line := await self.read_line()) != b".":
+            body += line.removeprefix(b".") + b"\r\n"  # undo the dot-stuffing
+        return bytes(body)
 
 
 async def serve(
@@ -178,6 +224,7 @@ async def serve(
     host: str = "127.0.0.1",
     *,
     name: str = "localhost",
+    inbox: list[Message] | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve SMTP with STARTTLS on *host*:*port* until the server is closed.
@@ -193,10 +240,23 @@ async def serve(
         port: the TCP port; ``0`` picks a free one.
         host: the address to listen on.
         name: the server name used in replies.
+        inbox: where received messages are appended (default: dropped).
     """
+    messages: list[Message] = [] if inbox is None else inbox
 
-    def on_connection(stream: net.Stream) -> None:
-        SmtpSession(stream, context, name).greet()
+    async def on_connection(stream: net.Stream) -> None:
+        stream.on("secure", lambda: log.info("%r is secure", stream))
+        stream.on(
+            "close", lambda had_error: log.info("%r closed (had_error=%s)", stream, had_error)
+        )
+        try:
+            await SmtpSession(stream, context, name, messages).run()
+        except EOFError:
+            pass  # hung up without QUIT; allow_half_open=False ends our side
+        except LineTooLong:
+            stream.end("500 Line too long\r\n")
+        except OSError as error:  # a network or TLS failure; 'close' follows
+            log.info("%r failed: %r", stream, error)
 
     # allow_half_open=False: when a client hangs up without QUIT, end our side
     # too, so the session closes instead of waiting for a client that is gone.
@@ -218,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     context = server_context(args.cert, args.key)
     try:
-        trio.run(lambda: serve(context, args.port, args.host, name=args.name))
+        trio.run(partial(serve, context, args.port, args.host, name=args.name))
     except KeyboardInterrupt:
         pass
 
