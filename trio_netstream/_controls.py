@@ -82,6 +82,22 @@ def _side_context(
     return context
 
 
+def _start_upgrade(conn: Connection) -> None:
+    """``set_secure()``, once its upgrade is recorded: what is queued goes
+    out as plaintext first, then the reader does the handshake."""
+    conn.direct = None
+    flow = conn.flow
+    flow.set_plaintext_aside()
+    if flow.pulled and not pushes(conn):
+        # Plaintext no pull read took (bytes that came behind the STARTTLS
+        # command): it can never come out of one as if it had been
+        # encrypted. (A stream that never pulled drops it before 'secure'.)
+        flow.end_plaintext()
+    flow.pull_ready = False  # a pull read waits for the handshake now
+    kick_writer(conn)
+    conn.wake_reader(interrupt=True)
+
+
 class StreamControls(StreamProperties):
     """Pausing, encodings, timeouts, socket options and TLS (see
     :class:`~trio_netstream.Stream`)."""
@@ -177,17 +193,7 @@ class StreamControls(StreamProperties):
             handshake_timeout=handshake_timeout,
             session=session,
         )
-        conn.direct = None
-        flow = self._flow
-        flow.set_plaintext_aside()
-        if flow.pulled and not pushes(conn):
-            # Plaintext no pull read took (bytes that came behind the STARTTLS
-            # command): it can never come out of one as if it had been
-            # encrypted. (A stream that never pulled drops it before 'secure'.)
-            flow.end_plaintext()
-        flow.pull_ready = False  # a pull read waits for the handshake now
-        kick_writer(conn)
-        conn.wake_reader(interrupt=True)
+        _start_upgrade(conn)
 
     # -- reading ---------------------------------------------------------------
 

@@ -115,7 +115,6 @@ class SmtpSession:
         self.name = name
         self.inbox = inbox
         self.secure = False
-        self.taken = 0  # bytes the reads took (see drop_plaintext)
 
     async def read_line(self) -> bytes:
         """The next line, without its line ending.
@@ -128,7 +127,6 @@ class SmtpSession:
             line = await self.stream.readline(max_size=MAX_LINE + 2)  # + CRLF
         except ValueError:
             raise LineTooLong from None
-        self.taken += len(line)
         return line.removesuffix(b"\n").removesuffix(b"\r")
 
     def reply(self, *lines: str) -> None:
@@ -187,28 +185,14 @@ class SmtpSession:
         elif self.secure:
             self.reply("503 Bad sequence of commands: TLS is already active")
         else:
-            await self.drop_plaintext()
             # Written before set_secure(), the reply goes out in plaintext;
-            # the handshake follows, and every later read is decrypted. A
-            # failed handshake fails the next read.
+            # the handshake follows, and every later read is decrypted (what
+            # the client sent behind its command, in plaintext, is dropped:
+            # it never comes out of a read). A failed handshake fails the
+            # next read.
             self.reply("220 Ready to start TLS")
             self.stream.set_secure(self.context)
             self.secure = True
-
-    async def drop_plaintext(self) -> None:
-        """Drop what the client sent behind its STARTTLS command.
-
-        Pull reads read the socket only while one waits, so what the client
-        sends after the command stays in the kernel and goes to TLS. But the
-        read that brought the command may have brought more in the same
-        packet: of the ``bytes_read`` so far the reads took :attr:`taken`,
-        and the rest is kept for the next read. Take it here, so that
-        plaintext never comes out of a read as if it had been encrypted.
-        """
-        if extra := self.stream.bytes_read - self.taken:
-            log.info("%r: %d bytes after STARTTLS dropped", self.stream, extra)
-            await self.stream.read_exactly(extra)  # kept already: no wait
-            self.taken += extra
 
     async def read_data(self) -> bytes:
         """The message after ``DATA``, up to the line holding a single ``.``."""
