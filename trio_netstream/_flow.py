@@ -107,6 +107,7 @@ class Flow:
         "queued",
         "scanned",
         "sm",
+        "source",
         "step_start",
         "step_writes",
     )
@@ -137,6 +138,9 @@ class Flow:
         # no carry, no async for, no 'data' listener, none waiting): set by
         # _pull.prepare(), cleared by whatever changes one of those.
         self.pull_ready = False
+        # The raw bytes of the last chunk decoded (with what the decoder held
+        # before it), so that a chunk nobody took goes back as it came.
+        self.source: bytes | None = None
         self.decoder: Decoder | None = None
         self.encoding: str | None = None
         self.carry = b""  # bytes an earlier decoder held, for the current one
@@ -255,12 +259,15 @@ class Flow:
         """What *data* delivers (the carry first; ``None``: nothing yet)."""
         if self.carry:
             data, self.carry = self.carry + data, b""
-        if self.decoder is None:
+        decoder = self.decoder
+        if decoder is None:
             return data
-        return self.decoder.decode(data) or None
+        self.source = decoder.pending() + data
+        return decoder.decode(data) or None
 
     def take_tail(self) -> list[Chunk]:
         """What the decoder still holds, as the last chunks of a plaintext run."""
+        self.source = None  # a tail put back is encoded again
         tail: list[Chunk] = []
         if self.carry:
             chunk = self.decode(b"")
@@ -334,14 +341,22 @@ class Flow:
         return b"".join(part for part in parts if isinstance(part, bytes))
 
     def put_back(self, chunk: Chunk) -> None:
-        """A decoded *chunk* nobody took goes back in front of what is kept,
-        raw again, followed by what the decoder still held (lossless except
-        where decoding was: U+FFFD, ASCII's masked high bit)."""
-        raw = chunk if isinstance(chunk, bytes) else encode(chunk, self.encoding or "utf8")
-        held = self.undecoded()
-        self.unread(held)
-        self.kept[0:0] = raw
-        self.kept_sizes.appendleft(len(raw))
+        """The last decoded *chunk*, which nobody took, goes back in front of
+        what is kept, raw again: the bytes it was decoded from (with what the
+        decoder held before them), and the decoder starts afresh."""
+        self.scanned = 0
+        source = self.source
+        if isinstance(chunk, bytes) or source is None:
+            # Bytes are raw already; a decoder's tail is encoded back.
+            raw = chunk if isinstance(chunk, bytes) else encode(chunk, self.encoding or "utf8")
+            self.unread(self.undecoded())
+        else:
+            raw, self.source = source, None
+            self.carry = b""
+            self.decoder = get_decoder(self.encoding or "utf8")  # its tail is in *raw*
+        if raw:
+            self.kept[0:0] = raw
+            self.kept_sizes.appendleft(len(raw))
 
     def undecoded(self) -> bytes:
         """Take the bytes fed to the decoder that it has not decoded yet (it

@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
+from trio.lowlevel import current_task
+
+from ._connection import descends_from
 from ._controls import StreamControls
 from ._errors import StreamStateError
 from ._pipe import Pipes
@@ -22,6 +25,7 @@ from ._pull import (
     owed_checkpoint,
     prepare,
     pull,
+    too_long,
     upgrading,
 )
 from ._sendfile import check_arguments, send_file
@@ -151,6 +155,14 @@ class StreamIO(StreamControls):
         """:meth:`read_until`'s slow path: wait for the separator."""
         flow = self._flow
         prepare(self, self._conn, flow, call)
+        try:
+            return await self._wait_until(separator, limit, call)
+        except BaseException:
+            flow.scanned = 0  # how far *this* separator was searched: no longer
+            raise
+
+    async def _wait_until(self, separator: bytes, limit: int, call: str) -> bytes:
+        flow = self._flow
         while True:
             if not upgrading(self._conn):
                 line = self._take_until(separator, limit, call)
@@ -158,10 +170,7 @@ class StreamIO(StreamControls):
                     return line
                 kept = flow.kept
                 if len(kept) >= limit:
-                    raise ValueError(
-                        f"read_until(): no {separator!r} in the first {limit} bytes"
-                        " (max_size); they stay readable"
-                    )
+                    raise too_long(separator, limit)
                 flow.scanned = max(0, len(kept) - len(separator) + 1)
             await self._pull(repr(separator))
 
@@ -210,7 +219,13 @@ class StreamIO(StreamControls):
         """Wait for more bytes (see :func:`~trio_netstream._pull.pull`)."""
         if self._idle_client and not self._flow.sm.reading_over:
             raise not_running("a pull read")
-        return await pull(self._conn, self._flow, what, eof_ok=eof_ok)
+        conn = self._conn
+        if conn is not None and not conn.closed and descends_from(current_task(), conn.reader_task):
+            raise StreamStateError(
+                "a pull read cannot wait in a listener the stream's reader runs (it"
+                " waits for the listener to return): read in another task"
+            )
+        return await pull(conn, self._flow, what, eof_ok=eof_ok)
 
     # -- pipes (_pipe) -----------------------------------------------------
 

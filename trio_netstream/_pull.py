@@ -62,6 +62,7 @@ __all__ = [
     "pull",
     "owed_checkpoint",
     "served",
+    "too_long",
     "upgrading",
     "wake_puller",
 ]
@@ -94,6 +95,8 @@ def wake_puller(flow: Flow, error: BaseException | None) -> bool:
     if waiter is None:
         return False
     flow.puller = None
+    if not waiter.event.statistics().tasks_waiting:
+        return False  # cancelled meanwhile: it will not raise *error*
     waiter.error = error
     waiter.event.set()
     return True
@@ -119,6 +122,13 @@ def check_separator(separator: object) -> bytes:
     if not value:
         raise ValueError("separator must not be empty")
     return value
+
+
+def too_long(separator: bytes, limit: int) -> ValueError:
+    """``max_size`` bytes came without *separator*."""
+    return ValueError(
+        f"read_until(): no {separator!r} in the first {limit} bytes (max_size); they stay readable"
+    )
 
 
 def eof_error(what: str, partial: bytes) -> EOFError:
