@@ -95,6 +95,7 @@ class Flow:
         "idle_period",
         "kept",
         "kept_sizes",
+        "kept_taken",
         "last_activity",
         "need_drain",
         "paused",
@@ -130,6 +131,7 @@ class Flow:
         # come yet, and the buffer of the pull reads (``_pull``).
         self.kept = bytearray()
         self.kept_sizes: deque[int] = deque()  # the chunks kept, as the socket gave them
+        self.kept_taken = 0  # bytes pull reads took off the front, not yet off kept_sizes
         self.scanned = 0  # how far read_until() searched kept for its separator
         self.pulled = False  # pull reads consume this connection (see wants_input)
         self.puller: Any = None  # the pull read waiting for bytes
@@ -163,6 +165,7 @@ class Flow:
         self.step_writes = self.step_start = 0
         self.kept = bytearray()
         self.kept_sizes.clear()
+        self.kept_taken = 0
         self.scanned = 0
         self.pulled = self.pull_ready = False
         self.bytes_read = self.bytes_written = 0
@@ -283,6 +286,7 @@ class Flow:
         """Before TLS: plaintext nobody took is dropped; decoding starts afresh."""
         self.kept = bytearray()
         self.kept_sizes.clear()
+        self.kept_taken = 0
         self.scanned = 0
         if self.decoder is not None:
             self.decoder = get_decoder(self.encoding or "utf8")
@@ -292,11 +296,25 @@ class Flow:
         self.kept += data
         self.kept_sizes.append(len(data))
 
+    def chunk_sizes(self) -> deque[int]:
+        """The sizes of the kept chunks, as the socket gave them (what pull
+        reads took off the front is taken off them here, lazily)."""
+        sizes = self.kept_sizes
+        taken = self.kept_taken
+        if taken:
+            self.kept_taken = 0
+            while taken:
+                if sizes[0] > taken:
+                    sizes[0] -= taken
+                    break
+                taken -= sizes.popleft()
+        return sizes
+
     def unread(self, data: bytes) -> None:
         """Put *data* back in front of what is kept (joining the first chunk)."""
         if data:
+            sizes = self.chunk_sizes()
             self.kept[0:0] = data
-            sizes = self.kept_sizes
             if sizes:
                 sizes[0] += len(data)
             else:
@@ -306,30 +324,25 @@ class Flow:
     def take_bytes(self, size: int) -> bytes:
         """The first *size* kept bytes, raw (a pull read's)."""
         kept = self.kept
-        sizes = self.kept_sizes
+        self.scanned = 0
         if size == len(kept):
             data = bytes(kept)
             kept.clear()
-            sizes.clear()
-            self.scanned = 0
+            self.kept_sizes.clear()
+            self.kept_taken = 0
             return data
         # Short takes (lines): one slice and one bytes object are the
         # cheapest; long ones copy once through a view.
         data = bytes(kept[:size]) if size <= 4096 else bytes(memoryview(kept)[:size])
         del kept[:size]  # moves nothing: CPython keeps an offset
-        self.scanned = 0
-        while size:
-            if sizes[0] > size:
-                sizes[0] -= size
-                break
-            size -= sizes.popleft()
+        self.kept_taken += size
         return data
 
     def take_chunk(self, *, final: bool = False) -> Chunk | None:
         """The first kept chunk, decoded (``None``: nothing to deliver yet);
         *final*: the input is over, so the last one comes with what the
         decoder still holds."""
-        raw = self.take_bytes(self.kept_sizes[0]) if self.kept else b""
+        raw = self.take_bytes(self.chunk_sizes()[0]) if self.kept else b""
         chunk = self.decode(raw) if raw else None
         if not final or self.kept:
             return chunk
@@ -345,6 +358,7 @@ class Flow:
         what is kept, raw again: the bytes it was decoded from (with what the
         decoder held before them), and the decoder starts afresh."""
         self.scanned = 0
+        self.chunk_sizes()
         source = self.source
         if isinstance(chunk, bytes) or source is None:
             # Bytes are raw already; a decoder's tail is encoded back.

@@ -111,21 +111,19 @@ class StreamIO(StreamControls):
         if type(max_size) is not int or max_size < 1:
             max_size = check_max_size(max_size)
         flow = self._flow
-        if flow.pull_budget >= YIELD_BYTES:
-            await owed_checkpoint(flow)
-        if not flow.pull_ready:
+        if not flow.pull_ready:  # also once per YIELD_BYTES: the owed checkpoint
             return await self._until(b"\n", max_size, "readline()")
-        # _take_until(), inline: a line of a kept chunk holding many.
+        # _take_until(), inline. (No search is under way: scanned is 0.)
         kept = flow.kept
-        size = kept.find(b"\n", flow.scanned, max_size) + 1
-        sizes = flow.kept_sizes
-        if not size or size >= sizes[0] or size > 4096:
+        size = kept.find(b"\n", 0, max_size) + 1
+        if not size or size > 4096:
             return await self._until(b"\n", max_size, "readline()")
-        flow.pull_budget += size
+        budget = flow.pull_budget = flow.pull_budget + size
+        if budget >= YIELD_BYTES:
+            flow.pull_ready = False
+        flow.kept_taken += size
         line = bytes(kept[:size])
         del kept[:size]
-        sizes[0] -= size
-        flow.scanned = 0
         return line
 
     def _take_until(self, separator: bytes, limit: int, call: str) -> bytes | None:
@@ -134,26 +132,18 @@ class StreamIO(StreamControls):
         flow = self._flow
         if not flow.pull_ready or "data" in self._events:
             prepare(self, self._conn, flow, call)
-        kept = flow.kept
-        found = kept.find(separator, flow.scanned, limit)
+        found = flow.kept.find(separator, flow.scanned, limit)
         if found < 0:
             return None
         size = found + len(separator)
         flow.pull_budget += size
-        sizes = flow.kept_sizes
-        if size >= sizes[0] or size > 4096:
-            return flow.take_bytes(size)
-        # Inside the first chunk (a line of a chunk that holds many): the
-        # common case, inline.
-        line = bytes(kept[:size])
-        del kept[:size]
-        sizes[0] -= size
-        flow.scanned = 0
-        return line
+        return flow.take_bytes(size)
 
     async def _until(self, separator: bytes, limit: int, call: str = "read_until()") -> bytes:
         """:meth:`read_until`'s slow path: wait for the separator."""
         flow = self._flow
+        if flow.pull_budget >= YIELD_BYTES:
+            await owed_checkpoint(flow)
         prepare(self, self._conn, flow, call)
         try:
             return await self._wait_until(separator, limit, call)

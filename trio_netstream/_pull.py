@@ -160,7 +160,11 @@ def prepare(host: EventEmitter, conn: Connection | None, flow: Flow, call: str) 
     if flow.feed is not None and not flow.feed.alive:
         flow.feed = None  # a loop that was left: nothing to take back from it
     flow.pull_ready = (
-        flow.feed is None and flow.decoder is None and not flow.carry and not upgrading(conn)
+        flow.feed is None
+        and flow.decoder is None
+        and not flow.carry
+        and not upgrading(conn)
+        and flow.pull_budget < YIELD_BYTES
     )
 
 
