@@ -5,7 +5,6 @@ runtime; every test is a plain function)."""
 from __future__ import annotations
 
 import ast
-from collections import deque
 from pathlib import Path
 
 import pytest
@@ -222,7 +221,7 @@ def test_undecoded_bytes_go_back_in_front_of_the_kept_ones() -> None:
     flow.keep(b"\xac")
     flow.unread(flow.undecoded())  # what a pull read does first
     assert flow.kept == "\u20ac".encode()
-    assert flow.take_bytes(2) == b"\xe2\x82" and flow.chunk_sizes() == deque([1])
+    assert flow.take_bytes(2) == b"\xe2\x82" and flow.chunk_sizes() == [1]
     assert flow.decode(b"A") == "A"  # the decoder started afresh
 
 
