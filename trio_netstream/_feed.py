@@ -26,7 +26,7 @@ class Feed:
         self, send: trio.MemorySendChannel[Any], receive: trio.MemoryReceiveChannel[Any]
     ) -> None:
         self.send = send
-        self.receive: trio.MemoryReceiveChannel[Any] | None = receive
+        self.receive = receive  # to take back a chunk in flight (withdraw)
         self.error: BaseException | None = None
         self.finished = False
 
@@ -43,7 +43,7 @@ class Feed:
         """Take back the chunk the reader is handing over, if it is (a pull
         read takes it instead)."""
         receive = self.receive
-        if receive is None or not self.send.statistics().tasks_waiting_send:
+        if not self.send.statistics().tasks_waiting_send:
             return None
         try:
             return receive.receive_nowait()  # type: ignore[no-any-return]  # chunks only

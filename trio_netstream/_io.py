@@ -17,6 +17,7 @@ from trio.lowlevel import current_task
 from ._connection import descends_from
 from ._controls import StreamControls
 from ._errors import StreamStateError
+from ._options import check_int
 from ._pipe import Pipes
 from ._pull import (
     YIELD_BYTES,
@@ -172,10 +173,7 @@ class StreamIO(StreamControls):
             TypeError, ValueError: *n* is not an int, or is negative.
             StreamStateError, OSError: as :meth:`read_until`.
         """
-        if type(n) is not int and (isinstance(n, bool) or not isinstance(n, int)):
-            raise TypeError(f"n must be an int, not {type(n).__name__}")
-        if n < 0:
-            raise ValueError(f"n must not be negative, not {n}")
+        n = check_int("n", n)
         flow = self._flow
         if flow.pull_budget >= YIELD_BYTES:
             await owed_checkpoint(flow)

@@ -14,6 +14,7 @@ import attrs
 from ._tls import check_session, default_client_context
 
 __all__ = [
+    "check_int",
     "NODE_OPTION_NAMES",
     "SERVER_OPTION_NAMES",
     "STREAM_OPTION_NAMES",
@@ -68,12 +69,22 @@ def is_path(value: object) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
+def check_int(name: str, value: object, minimum: int = 0) -> int:
+    """An int (not a bool) of at least *minimum*.
+
+    Raises:
+        TypeError: not an int. ValueError: below *minimum*.
+    """
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
 def _non_negative_int(name: str) -> Any:
     def check(_inst: object, _attr: object, value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, not {value}")
+        check_int(name, value)
 
     return check
 

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, cast
 import trio
 
 from ._errors import StreamStateError
+from ._options import check_int
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -102,12 +103,8 @@ def wake_puller(flow: Flow, error: BaseException | None) -> bool:
     return True
 
 
-def check_max_size(max_size: object, name: str = "max_size") -> int:
-    if type(max_size) is not int and (isinstance(max_size, bool) or not isinstance(max_size, int)):
-        raise TypeError(f"{name} must be an int, not {type(max_size).__name__}")
-    if max_size < 1:
-        raise ValueError(f"{name} must be at least 1, not {max_size}")
-    return max_size
+def check_max_size(max_size: object) -> int:
+    return check_int("max_size", max_size, 1)
 
 
 def check_separator(separator: object) -> bytes:

@@ -46,6 +46,7 @@ import trio
 from ._connection import descends_from
 from ._errors import StreamStateError, TransportError, transport_errors
 from ._flow import STEP_BYTES
+from ._options import check_int
 from ._socket import SocketTransport
 from ._writer import queue_file, withdraw_file
 
@@ -167,10 +168,7 @@ def check_arguments(file: object, offset: object, count: object) -> None:
     for name, value in (("offset", offset), ("count", count)):
         if value is None and name == "count":
             continue
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-        if value < 0:
-            raise ValueError(f"{name} must not be negative, got {value}")
+        check_int(name, value)
 
 
 def _descriptor(file: Any) -> int:
