@@ -40,6 +40,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
+from netstream_testing import IPV6
 
 import trio_netstream as net
 from trio_netstream._proxy import (
@@ -59,18 +60,6 @@ CODE = "ERR_PROXY_PROTOCOL"
 LOOPBACK = "127.0.0.1"
 #: An upper bound for every real-socket test.
 LIMIT = 15
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-IPV6 = socket.has_ipv6 and _ipv6_loopback()
 
 
 # -- building headers ------------------------------------------------------------------

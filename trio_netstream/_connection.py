@@ -610,29 +610,30 @@ def reader_owes_failure(conn: Connection) -> None:
         raise TransportError(conn.send_error)
 
 
-def check_drain_may_wait(conn: Connection) -> None:
-    """Raise :class:`StreamStateError` where ``drain()`` would wait for
-    itself: in the writer's own ``'drain'`` listener (or a task it
-    started), the writer waits for that listener; and while a TLS
-    upgrade is pending, in the lifecycle's own listener (``'connect'``,
-    ``'data'``) or a task it started, the handshake waits for it."""
+def check_drain_may_wait(conn: Connection, call: str = "drain()") -> None:
+    """Raise :class:`StreamStateError` where *call* (``drain()``, or
+    ``send_file()``) would wait for itself: in the writer's own ``'drain'``
+    listener (or a task it started), the writer waits for that listener;
+    and while a TLS upgrade is pending, in the lifecycle's own listener
+    (``'connect'``, ``'data'``) or a task it started, the handshake waits
+    for it, and the bytes *call* waits for go after the handshake: a file
+    always, ``drain()``'s when written after ``set_secure()``."""
     task = trio.lowlevel.current_task()
     writer = conn.writer
     if writer is not None and descends_from(task, writer.task):
         raise StreamStateError(
-            "drain() in an async 'drain' listener cannot wait: the writer that"
-            " would flush the queue is waiting for this listener to return"
+            f"{call} in an async 'drain' listener cannot wait: the writer that"
+            " would send is waiting for this listener to return"
         )
     upgrade = conn.upgrade
-    handshaking = upgrade is not None and not upgrade.done.is_set()
-    flow = conn.flow
-    # Written after set_secure() (what was queued before went aside):
-    # those bytes wait for the handshake.
-    after_upgrade = any(flow.queue)
-    if handshaking and after_upgrade and descends_from(task, conn.reader_task):
+    if upgrade is None or upgrade.done.is_set() or not descends_from(task, conn.reader_task):
+        return
+    # drain(): what was queued before set_secure() went aside, so bytes in
+    # the queue were written after it and wait for the handshake.
+    if call != "drain()" or any(conn.flow.queue):
         raise StreamStateError(
-            "drain() cannot wait here: the bytes written after set_secure() wait"
-            " for the TLS handshake, which waits for this listener to return"
+            f"{call} cannot wait here: what it waits for goes out after the TLS"
+            " handshake, which waits for this listener to return"
         )
 
 

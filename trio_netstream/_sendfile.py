@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
-from ._connection import descends_from
+from ._connection import check_drain_may_wait
 from ._errors import StreamStateError, TransportError, transport_errors
 from ._flow import STEP_BYTES
 from ._options import check_int
@@ -223,23 +223,6 @@ def open_job(file: Any, offset: int, count: int | None, *, plain: bool) -> FileJ
     return FileJob(fd, offset, count, plain=plain)
 
 
-def _check_may_wait(conn: Connection) -> None:
-    """Raise where the call would wait for itself (as ``drain()`` does)."""
-    task = trio.lowlevel.current_task()
-    writer = conn.writer
-    if writer is not None and descends_from(task, writer.task):
-        raise StreamStateError(
-            "send_file() in an async 'drain' listener cannot wait: the writer that"
-            " sends the file is waiting for this listener to return"
-        )
-    upgrade = conn.upgrade
-    if upgrade is not None and not upgrade.done.is_set() and descends_from(task, conn.reader_task):
-        raise StreamStateError(
-            "send_file() cannot wait here: the file goes through TLS after the"
-            " handshake, which waits for this listener to return"
-        )
-
-
 async def wait_sent(conn: Connection, job: FileJob, destroy: Callable[[], object]) -> None:
     """Wait until the writer has sent *job*; on the way out without that,
     withdraw it (not taken yet) or destroy the stream (taken: cancelled
@@ -276,7 +259,7 @@ async def send_file(
 ) -> None:
     """``Stream.send_file()`` once its arguments and the stream's state were
     checked (see :meth:`~trio_netstream.Stream.send_file`)."""
-    _check_may_wait(conn)
+    check_drain_may_wait(conn, "send_file()")
     job = open_job(file, offset, count, plain=conn.upgrade is None)
     if conn.send_failed_first and conn.send_error is not None:
         job.close()  # nothing more goes out: the reader reports this failure
