@@ -22,7 +22,6 @@ from ._connection import Connection, Upgrade, apply_socket_options, plain_socket
 from ._errors import StreamStateError
 from ._options import alpn_list, check_number, check_timeout_ms, check_tls_options
 from ._properties import StreamProperties
-from ._reader import pushes
 from ._state import Input
 from ._timer import replan
 from ._tls import check_session, default_client_context
@@ -88,12 +87,10 @@ def _start_upgrade(conn: Connection) -> None:
     conn.direct = None
     flow = conn.flow
     flow.set_plaintext_aside()
-    if flow.pulled and not pushes(conn):
-        # Plaintext no pull read took (bytes that came behind the STARTTLS
-        # command): it can never come out of one as if it had been
-        # encrypted. (A stream that never pulled drops it before 'secure'.)
-        flow.end_plaintext()
-    flow.pull_ready = False  # a pull read waits for the handshake now
+    # A pull read waits for the handshake now (_pull.upgrading): plaintext
+    # kept behind the STARTTLS command goes to 'data' / async for before
+    # 'secure', or is dropped then (BEFORE["secure"]), never to a pull read.
+    flow.pull_ready = False
     kick_writer(conn)
     conn.wake_reader(interrupt=True)
 
