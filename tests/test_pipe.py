@@ -61,6 +61,7 @@ async def test_backpressure_pauses_the_source_until_the_destinations_drain() -> 
         await src_peer.send_all(b"0123456789")  # over the high-water mark
         await settle()
         assert src.is_paused and dst.write_queue_size == 10
+        assert dst.listener_count("drain") == 2  # ours, and the pipe's while it holds
         await src_peer.send_all(b"abc")
         await settle()
         assert events == [("data", b"0123456789", False)]  # paused: 'abc' waits
@@ -68,6 +69,7 @@ async def test_backpressure_pauses_the_source_until_the_destinations_drain() -> 
         await settle()  # 'drain' resumed the source, 'abc' went through
         assert events == [("data", b"0123456789", False), ("drain", True), ("data", b"abc", False)]
         assert not src.is_paused
+        assert dst.listener_count("drain") == 1  # the pipe's went with its hold
         assert await receive_exactly(dst_peer, 3) == b"abc"
         await src_peer.send_eof()
         assert await read_to_eof(dst_peer) == b""  # the pipe ended the destination
@@ -434,6 +436,48 @@ def test_bytes_arrive_intact_whatever_the_chunks_and_high_water_mark(
 
 
 # -- a proxy over real sockets -------------------------------------------------------------
+
+
+async def test_a_write_the_kernel_took_at_once_does_not_pause_the_source() -> None:
+    """write() returns False for every chunk (high-water mark 1), but each
+    goes to the kernel at once: nothing is queued, so the pipe neither
+    pauses the source nor waits for a 'drain'; the destination's own
+    'drain' listener still gets the 'drain' each write owes it."""
+    seen: list[tuple[int, bool, int]] = []
+    drains: list[None] = []
+    lines = [b"%05d\n" % i for i in range(200)]
+    with trio.fail_after(NETWORK_LIMIT):
+        async with net.create_server(echo_by_pipe) as sink:
+            await sink.listen(0, "127.0.0.1")
+            dst = net.create_connection(port_of(sink), high_water_mark=1)
+            connected, ended = trio.Event(), trio.Event()
+            dst.on("connect", connected.set)
+            dst.on("data", len)  # reads the echo and the sink's end, to close
+            async with dst:
+                await connected.wait()
+                dst.on("drain", lambda: drains.append(None))
+                listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+                port = listeners[0].socket.getsockname()[1]
+                src = net.create_connection(port)
+                src.on("end", ended.set)
+                async with src, await listeners[0].accept() as peer:
+                    src.pipe(dst)
+                    src.on(
+                        "data",
+                        lambda _chunk: seen.append(
+                            (dst.write_queue_size, src.is_paused, dst.listener_count("drain"))
+                        ),
+                    )
+                    for line in lines:
+                        await peer.send_all(line)
+                        await settle()
+                    await peer.send_eof()
+                    await ended.wait()
+                    src.end()
+                await listeners[0].aclose()
+            sink.close()
+    assert seen and all(entry == (0, False, 1) for entry in seen), seen
+    assert len(drains) == len(seen)
 
 
 def echo_by_pipe(stream: Stream) -> None:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 __all__ = ["StreamIO", "not_running"]
 
+#: The default ``max_size`` of the pull reads.
+MAX_SIZE = 65536
+
 #: What :meth:`StreamIO.pipe` returns: the destination it was given.
 Destination = TypeVar("Destination", bound="Stream")
 
@@ -68,7 +71,7 @@ class StreamIO(StreamControls):
 
     # -- pull reads (_pull) ------------------------------------------------
 
-    async def read_until(self, separator: bytes, *, max_size: int = 65536) -> bytes:
+    async def read_until(self, separator: bytes, *, max_size: int = MAX_SIZE) -> bytes:
         """The received bytes up to and including *separator*.
 
         A pull consumer, like ``async for``: the socket is read while a pull
@@ -107,9 +110,10 @@ class StreamIO(StreamControls):
             return await self._until(separator, max_size)
         return line
 
-    async def readline(self, *, max_size: int = 65536) -> bytes:
+    async def readline(self, *, max_size: int = MAX_SIZE) -> bytes:
         """``read_until(b"\\n", max_size=max_size)``: a line with its ``\\n``."""
-        if type(max_size) is not int or max_size < 1:
+        # The default is this very int object: no check for it (per line, it counts).
+        if max_size is not MAX_SIZE and (type(max_size) is not int or max_size < 1):
             max_size = check_max_size(max_size)
         flow = self._flow
         if not flow.pull_ready:  # also once per YIELD_BYTES: the owed checkpoint
@@ -183,7 +187,7 @@ class StreamIO(StreamControls):
         flow.pull_budget += n
         return flow.take_bytes(n)
 
-    async def read(self, max_size: int = 65536) -> bytes:
+    async def read(self, max_size: int = MAX_SIZE) -> bytes:
         """What was received: at least one byte, at most *max_size*; ``b""``
         at the end of the input (a pull read, see :meth:`read_until`).
 

@@ -9,10 +9,16 @@ Node's ``Readable.prototype.pipe`` does (``lib/internal/streams/readable.js``):
 * a ``'data'`` listener on the source writes each chunk to the destination
   (a ``str`` chunk with the source's encoding, so the bytes go through
   unchanged); when ``write()`` returns ``False`` the pipe *holds* the
-  source: it marks itself as waiting and calls ``source.pause()``;
-* a ``'drain'`` listener on the destination clears that mark and, once no
-  pipe of the source waits any more (Node's ``awaitDrainWriters``), calls
-  ``source.resume()``;
+  source: it marks itself as waiting and calls ``source.pause()`` --
+  unless nothing is left queued (``write_queue_size`` is 0: the try-write
+  gave every byte to the kernel), where there is nothing to wait for;
+* while it holds the source, a ``'drain'`` listener on the destination
+  clears that mark, removes itself, and once no pipe of the source waits
+  any more (Node's ``awaitDrainWriters``) calls ``source.resume()``. The
+  listener is there only while the pipe holds (Node adds it at the first
+  hold), so a write that went out at once owes the pipe no ``'drain'``, and
+  a proxy pays no pause, wake-up and resume per chunk (docs/behaviour.md,
+  "pipe");
 * the source's ``'end'`` ends the destination (unless ``end=False``) and
   removes the pipe; the destination's ``'close'`` removes it (Node's
   ``onclose``), as does the source's ``'close'`` (a pipe belongs to one
@@ -62,7 +68,6 @@ class Pipe:
         source.on("data", self.on_data)
         source.on("end", self.on_end)
         source.on("close", self.on_source_close)
-        destination.on("drain", self.on_drain)
         destination.on("close", self.on_destination_close)
         self.attached = True
 
@@ -70,15 +75,18 @@ class Pipe:
         """Remove the listeners; the pipe does nothing more."""
         source, destination = self.pipes.source, self.destination
         self.attached = False
+        if self.waiting:
+            destination.off("drain", self.on_drain)
         source.off("data", self.on_data)
         source.off("end", self.on_end)
         source.off("close", self.on_source_close)
-        destination.off("drain", self.on_drain)
         destination.off("close", self.on_destination_close)
 
     def hold(self) -> None:
         """Pause the source until the destination's ``'drain'``."""
-        self.waiting = True
+        if not self.waiting:
+            self.waiting = True
+            self.destination.on("drain", self.on_drain)
         self.pipes.source.pause()
 
     # -- listeners -----------------------------------------------------------
@@ -97,12 +105,13 @@ class Pipe:
             # failure): Node unpipes at its 'finish' or 'close'.
             self.pipes.remove(self, pause=True)
             return
-        if not accepted:
+        if not accepted and destination.write_queue_size:
             self.hold()
 
     def on_drain(self) -> None:
         if self.attached and self.waiting:
             self.waiting = False
+            self.destination.off("drain", self.on_drain)
             self.pipes.release()
 
     def on_end(self) -> None:
@@ -181,8 +190,9 @@ class Pipes:
         self._cleanup(pipe)
 
     def _cleanup(self, pipe: Pipe) -> None:
+        waited = pipe.waiting
         pipe.detach()
-        if pipe.waiting:  # it held the source: let it go (Node's cleanup())
+        if waited:  # it held the source: let it go (Node's cleanup())
             pipe.waiting = False
             self.release()
 

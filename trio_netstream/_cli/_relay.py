@@ -54,9 +54,13 @@ async def proxy_server(
         upstream = create_connection(target_port, target_host)
         upstream.on("connect", lambda: log(f"upstream connected to {target}"))
         join(client, upstream, log)
-        async with upstream:
-            await client.wait_closed()
-        log("close")
+        try:
+            async with upstream:
+                await client.wait_closed()
+        finally:
+            # Also when a shutdown cancels this listener once the client
+            # has closed, with the upstream's close still under way.
+            log("close")
 
     async with create_server(on_connection) as server:
         with listen_errors(host_port(host, port)):
