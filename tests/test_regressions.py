@@ -394,7 +394,10 @@ class _UpgradeAsTheReaderWakes(trio.abc.Instrument):
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         conn = self.stream._conn  # pyright: ignore[reportPrivateUsage]  # the race is internal
-        if self.fired or conn is None or not conn.in_receive or conn.transport is None:
+        # The reader waits in receive_some() (in_receive), or outside any
+        # scope in epoll (quiet_wait: a plaintext socket of ours).
+        waits = conn is not None and (conn.in_receive or conn.quiet_wait)
+        if self.fired or conn is None or not waits or conn.transport is None:
             return
         plain = conn.transport.plain  # type: ignore[attr-defined]  # a SocketTransport
         try:

@@ -46,7 +46,16 @@ from ._attempts import dial
 from ._dial import set_socket_options
 from ._errors import StreamStateError, TransportError, translate
 from ._pull import wake_puller
-from ._reader import deliver, end_of_input, has_consumer, read_session, secure, settle
+from ._reader import (
+    deliver,
+    end_of_input,
+    has_consumer,
+    quiet_read,
+    read_session,
+    reads_quietly,
+    secure,
+    settle,
+)
 from ._socket import SocketTransport
 from ._state import Input
 from ._timer import start_timer
@@ -172,6 +181,7 @@ class Connection:
         "owner",
         "peer",
         "proxy",
+        "quiet_wait",
         "read_stopped",
         "reader_task",
         "resume_lot",
@@ -218,12 +228,13 @@ class Connection:
         self.wrote_eof = False
         self.read_stopped = False
         self.in_receive = False  # blocked in receive_some(), under step_scope
+        self.quiet_wait = False  # waiting in epoll outside any scope (_reader.quiet_read)
         self.send_error: BaseException | None = None  # the best error a send met
         self.send_failed_first = False  # the reader reports send_error at its end
         self.task_nursery: trio.Nursery | None = None
         self.reader_task: trio.lowlevel.Task | None = None  # the lifecycle's
         self.step_scope: trio.CancelScope | None = None
-        self.scopes: list[trio.CancelScope] = []
+        self.scopes: tuple[trio.CancelScope, ...] = ()  # the writer's, the timer's
         # Made when first needed: an idle connection carries none of them.
         self.writer: Writer | None = None
         self.timer: Timer | None = None
@@ -240,20 +251,22 @@ class Connection:
         """Run the connection from connect (or adoption) to ``'close'``.
 
         *nursery* is the one this task runs in (the stream's block, or the
-        server's); the writer and the timer are started there too. A
-        connection costs no nursery. The lifecycle runs in steps
-        (:meth:`step`); usually one step lasts the whole connection, so an
-        idle connection costs one cancel scope. :meth:`wake_reader` cancels
-        the step only while the reader is blocked in ``receive_some``, where
-        Trio guarantees that nothing was consumed; the next step picks up
-        where it stopped, delivering first a chunk that was received just as
-        the scope was cancelled.
+        server's); the writer and the timer start there too: a connection
+        costs no nursery. A plaintext socket's chunks for sync listeners are
+        read outside any scope (``_reader.quiet_read``: an idle connection
+        costs none); the rest runs in steps (:meth:`step`). :meth:`wake_reader`
+        cancels a step only while its reader is blocked in ``receive_some``
+        (nothing consumed); the next step delivers first a chunk received
+        just as the scope was cancelled.
         """
         self.task_nursery = nursery
         self.reader_task = trio.lowlevel.current_task()
         try:
             started, eof, held = False, False, None
             while not (started and self.stopped):
+                if started and not eof and held is None and reads_quietly(self):
+                    eof, held = await quiet_read(self)
+                    continue  # stopped, or what comes now needs a step
                 with self.step() as scope:
                     if not started:
                         started = True
@@ -263,20 +276,20 @@ class Connection:
                         chunk, held = held, None
                         await settle(self, "data")
                         await deliver(self, chunk)
-                    while not (eof or scope.cancel_called):
+                    quiet = False
+                    while not (eof or scope.cancel_called or quiet):
                         upgrade = self.upgrade
                         if upgrade is not None and not upgrade.done.is_set():
                             await secure(self, upgrade)
                         eof, held = await read_session(self, scope)
-                    if scope.cancel_called:
-                        continue  # woken (or stopped): the rest in a fresh step
+                        quiet = not eof and held is None and reads_quietly(self)
+                    if scope.cancel_called or quiet:
+                        continue  # woken (or stopped), or quiet reads again: a fresh step
                     await let_a_failing_send_report(self)
                     reader_owes_failure(self)
                     if not self.read_stopped:  # no FIN came from the peer: no 'end'
                         await end_of_input(self)
-                    # The writable side ends with end(): the writer (started
-                    # then if not before) sends what is queued, then the EOF.
-                    await wait_writer_finished(self)
+                    await wait_writer_finished(self)  # end(): what is queued, then the EOF
                     reader_owes_failure(self)  # a send that failed meanwhile
                     return
         except TransportError as failure:
@@ -298,8 +311,8 @@ class Connection:
         """Connect (unless adopted), start the writer's queued work and the
         timer, emit ``'connect'``; ``False`` if destroyed meanwhile."""
         flow = self.flow
-        flow.last_activity = trio.current_time()
-        if flow.idle_period:
+        if flow.idle_period:  # (set_timeout() later starts the period itself: replan())
+            flow.last_activity = trio.current_time()
             start_timer(self)
         if self.transport is None:
             assert self.task_nursery is not None
@@ -447,6 +460,7 @@ class Connection:
             self.step_scope.cancel()
         for scope in self.scopes:
             scope.cancel()
+        wake_quiet_reader(self)
 
     def step(self) -> trio.CancelScope:
         """The cancel scope of the lifecycle's next step, which :meth:`stop`
@@ -483,7 +497,7 @@ class Connection:
             nursery.start_soon(self._scoped, fn, scope, name=TASK_NAME)
         except RuntimeError:  # the nursery is closing
             return False
-        self.scopes.append(scope)
+        self.scopes = (*self.scopes, scope)
         return True
 
     async def _scoped(
@@ -534,10 +548,11 @@ class Connection:
     def wake_reader(self, *, interrupt: bool = False) -> None:
         """A consumer arrived, the stream resumed, TLS starts or pull reads
         begin: let the reader go on. A receive under way is interrupted when
-        kept bytes wait for the new consumer, or on *interrupt*; only on a
-        plaintext transport (interrupting a TLS read could lose a record)."""
+        kept bytes wait for a new consumer, or on *interrupt*; not under TLS
+        (that could lose a record)."""
         if self.resume_lot is not None:
             self.resume_lot.unpark_all()
+        wake_quiet_reader(self)
         if (
             self.in_receive
             and self.step_scope is not None
@@ -545,6 +560,18 @@ class Connection:
             and (interrupt or self.flow.kept)
         ):
             self.step_scope.cancel()
+
+
+def wake_quiet_reader(conn: Connection) -> None:
+    """End the reader's wait in epoll outside any scope (``_reader.quiet_read``)
+    with ``trio.lowlevel.notify_closing``: it looks again at what changed. A
+    writer waiting on the descriptor wakes too, and waits again
+    (:meth:`SocketTransport.wait_writable`)."""
+    if conn.quiet_wait:
+        conn.quiet_wait = False
+        transport = conn.transport
+        if isinstance(transport, SocketTransport):
+            trio.lowlevel.notify_closing(transport.plain)
 
 
 async def _emit_dialing(conn: Connection, event: str, *args: object) -> None:

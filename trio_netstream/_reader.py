@@ -26,6 +26,7 @@ import trio
 from ._errors import TransportError, translate, transport_errors
 from ._flow import BEFORE, Chunk, Step
 from ._pull import served, wake_puller
+from ._socket import SocketTransport
 from ._state import Input
 from ._tls import TLSTransport, make_transport, verify
 
@@ -38,7 +39,9 @@ __all__ = [
     "end_of_input",
     "has_consumer",
     "pushes",
+    "quiet_read",
     "read_session",
+    "reads_quietly",
     "secure",
     "settle",
 ]
@@ -110,6 +113,8 @@ async def read_session(conn: Connection, scope: trio.CancelScope) -> tuple[bool,
     emitter = conn.host
     upgrade = conn.upgrade
     while upgrade is conn.upgrade:  # until set_secure() is called
+        if reads_quietly(conn):
+            return False, None  # the lifecycle reads on outside this step
         if flow.kept and pushes(conn):
             if flow.need_drain:
                 await owed_drain(conn)
@@ -158,6 +163,80 @@ async def read_session(conn: Connection, scope: trio.CancelScope) -> tuple[bool,
                 await conn.finish_emission(pending)
             continue
         await deliver(conn, data)
+    return False, None
+
+
+def reads_quietly(conn: Connection) -> bool:
+    """Whether the reader may read without a cancel scope (:func:`quiet_read`):
+    a plaintext socket of ours whose chunks go straight to sync-so-far
+    ``'data'`` listeners, nothing kept, owed or in the way."""
+    flow = conn.flow
+    return (
+        conn.direct is not None
+        and conn.upgrade is None
+        and not conn.stopped
+        and not flow.paused
+        and flow.puller is None
+        and flow.decoder is None
+        and flow.feed is None
+        and not flow.kept
+        and not flow.carry
+        and not flow.need_drain
+        and conn.emission_free
+        and conn.host.listener_count("data") > 0
+    )
+
+
+async def quiet_read(conn: Connection) -> tuple[bool, bytes | None]:
+    """Read and deliver while :func:`reads_quietly`, outside any cancel scope:
+    ``(eof, chunk to deliver in a step)``, like :func:`read_session`.
+
+    An idle connection then costs no cancel scope (about 700 bytes: a scope,
+    its status and that status's two sets), and a chunk no scope check.
+    Nothing here can be stuck where ``stop()`` (``destroy()``, a failure) or
+    ``wake_reader()`` must reach it: the only wait is the epoll wait below,
+    which they end with ``trio.lowlevel.notify_closing`` (see
+    :func:`wake_quiet_reader`); the rest is synchronous or a yield, after
+    which the conditions are asked again. An async listener's emission
+    is finished in a step of its own, so that ``destroy()`` cancels it.
+    """
+    transport = conn.direct
+    assert isinstance(transport, SocketTransport)
+    sock = transport.plain
+    flow = conn.flow
+    emitter = conn.host
+    try:
+        while reads_quietly(conn):
+            data = await transport.receive_ready(READ_SIZE)
+            while data is None:
+                if not reads_quietly(conn):
+                    return False, None
+                conn.quiet_wait = True
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:
+                    return False, None  # woken: the step looks at why
+                finally:
+                    conn.quiet_wait = False
+                await trio.lowlevel.checkpoint_if_cancelled()
+                if not reads_quietly(conn):
+                    return False, None  # changed as it woke (set_secure()): not read here
+                data = transport.recv_nowait(READ_SIZE)
+            if not data:
+                return True, None
+            flow.bytes_read += len(data)
+            if flow.idle_period:
+                flow.last_activity = trio.current_time()
+            if not reads_quietly(conn):
+                return False, data
+            pending = emitter.emit("data", data)
+            if pending is not None:
+                with conn.step():
+                    await conn.finish_emission(pending)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        if isinstance(exc, trio.ClosedResourceError) and conn.wrote_eof:
+            return False, None  # the step's read meets it too, and knows what it means
+        raise TransportError(translate(exc)) from None
     return False, None
 
 

@@ -51,8 +51,6 @@ from ._socket import SocketTransport
 from ._writer import queue_file, withdraw_file
 
 if TYPE_CHECKING:
-    import socket
-
     from ._connection import Connection
     from ._flow import Flow
 
@@ -102,11 +100,12 @@ class FileJob:
                 return
             flow.sent(len(chunk))
         if isinstance(transport, SocketTransport):
-            await self._zero_copy(conn, transport.plain)
+            await self._zero_copy(conn, transport)
         else:
             await self._by_pieces(conn, transport)
 
-    async def _zero_copy(self, conn: Connection, sock: socket.socket) -> None:
+    async def _zero_copy(self, conn: Connection, transport: SocketTransport) -> None:
+        sock = transport.plain
         while self.count:
             with transport_errors(sending=True):
                 try:
@@ -114,7 +113,7 @@ class FileJob:
                         sock.fileno(), self.fd, self.offset, min(self.count, ZERO_COPY_PIECE)
                     )
                 except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
+                    await transport.wait_writable()
                     continue
             if not sent:
                 raise TransportError(self._ended_early())

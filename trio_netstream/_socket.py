@@ -87,7 +87,16 @@ def _recv_now(sock: _stdlib_socket.socket, size: int) -> bytes | None:
 class SocketTransport(trio.abc.HalfCloseableStream):
     """A connected stdlib socket as a ``trio.abc.HalfCloseableStream``."""
 
-    __slots__ = ("_bulk", "_eof_sent", "_sending", "_sock", "_spins", "_trio_socket")
+    __slots__ = (
+        "_bulk",
+        "_eof_sent",
+        "_replied",
+        "_sending",
+        "_sock",
+        "_spins",
+        "_trio_socket",
+        "_yield_first",
+    )
 
     def __init__(
         self, sock: _stdlib_socket.socket, trio_socket: trio.socket.SocketType | None = None
@@ -99,6 +108,8 @@ class SocketTransport(trio.abc.HalfCloseableStream):
         self._sending = False  # a send_all() is waiting for room (one sender at a time)
         self._bulk = False  # the last read was large: more is likely on its way
         self._spins = MAX_SPINS
+        self._replied = False  # try_send() sent since the last read
+        self._yield_first = False  # after a reply, yield before reading (see receive_ready)
 
     @property
     def plain(self) -> _stdlib_socket.socket:
@@ -125,9 +136,11 @@ class SocketTransport(trio.abc.HalfCloseableStream):
             OSError: the socket failed (not ``EAGAIN``, which returns 0).
         """
         try:
-            return self._sock.send(data)
+            sent = self._sock.send(data)
         except BlockingIOError:
             return 0
+        self._replied = True
+        return sent
 
     def reset_error(self) -> ConnectionResetError | None:
         """The reset a read would report now (without consuming data), if any.
@@ -142,6 +155,63 @@ class SocketTransport(trio.abc.HalfCloseableStream):
         except OSError:
             return None
         return None
+
+    def recv_nowait(self, size: int) -> bytes | None:
+        """What has arrived (at most *size* bytes, ``b""`` at EOF), without
+        waiting or yielding; ``None`` if nothing has.
+
+        Raises:
+            trio.ClosedResourceError, trio.BrokenResourceError: the socket
+                was closed or failed (the ``OSError`` is the cause).
+        """
+        try:
+            data = _recv_now(self._sock, size)
+        except OSError as exc:
+            raise self._broken(exc) from exc
+        if data is not None:
+            self._bulk = len(data) >= BULK_READ
+        return data
+
+    async def receive_ready(self, size: int) -> bytes | None:
+        """:meth:`receive_some` up to its wait: the checkpoint, the read, and
+        after a large read the scheduler steps that try again; ``None`` where
+        it would wait in epoll (the caller waits itself: see ``_reader.quiet_read``)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._replied and not self._bulk:
+            return await self._after_reply(size)
+        data = self.recv_nowait(size)
+        if data is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        elif self._bulk:
+            try:
+                data = await self._spin(self._sock, size)
+            except OSError as exc:
+                raise self._broken(exc) from exc
+            if data is not None:
+                self._bulk = len(data) >= BULK_READ
+        return data
+
+    async def _after_reply(self, size: int) -> bytes | None:
+        """The first read after this side answered (``try_send()``): right
+        away, or after one scheduler step, whichever found the peer's next
+        message last time. A peer on the same core has often answered by the
+        time the send returns (the kernel ran it); one on another core or
+        host has not, and a read that finds nothing costs a failed ``recv``
+        and a re-armed epoll registration, where one step (other
+        connections' work) often lets the answer arrive: then, as Trio's
+        ``send_all`` does, yield first. Either way the read is a schedule point."""
+        self._replied = False
+        if self._yield_first:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            data = self.recv_nowait(size)
+            self._yield_first = data is not None
+            return data
+        data = self.recv_nowait(size)
+        if data is None:
+            self._yield_first = True
+            return None
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         sock = self._sock
@@ -204,7 +274,7 @@ class SocketTransport(trio.abc.HalfCloseableStream):
             try:
                 with memoryview(data) as view:
                     while sent < total:
-                        await trio.lowlevel.wait_writable(sock)
+                        await self.wait_writable()
                         try:
                             sent += sock.send(view[sent:])
                         except BlockingIOError:
@@ -228,9 +298,27 @@ class SocketTransport(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is sending on this transport")
         self._sending = True
         try:
-            await trio.lowlevel.wait_writable(self._sock)
+            await self.wait_writable()
         finally:
             self._sending = False
+
+    async def wait_writable(self) -> None:
+        """``trio.lowlevel.wait_writable`` on the socket, waiting again when
+        the wake-up was not its closing: the stream wakes a reader waiting
+        on the descriptor with ``notify_closing`` (``_reader.quiet_read``),
+        which wakes every task waiting on it.
+
+        Raises:
+            trio.ClosedResourceError: the socket was closed meanwhile.
+        """
+        while True:
+            try:
+                await trio.lowlevel.wait_writable(self._sock)
+            except trio.ClosedResourceError:
+                if self._sock.fileno() < 0:
+                    raise
+            else:
+                return
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
