@@ -124,6 +124,11 @@ def _serve_http(stream: net.Stream) -> None:
 
     stream.on("data", on_data)
     stream.on("end", stream.end)
+    stream.on("error", _ignore_error)  # wrk resets its connections when it stops
+
+
+def _ignore_error(error: BaseException) -> None:
+    pass
 
 
 async def netstream_proxy(cfg: dict[str, Any]) -> None:
