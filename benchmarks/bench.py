@@ -65,6 +65,14 @@ trio's, the same for every implementation (``bench_spec.LAYOUTS``):
   bytes as fast as it can; the implementation's client reads them with its
   line reader (a hand-written ``bytearray`` one for raw trio and asyncio
   Protocol): lines/s. Its target is against asyncio Streams' ``readline()``.
+* ``http``: the implementation's minimal HTTP/1.1 server (written on its
+  TCP API, not an HTTP library: each request head up to its blank line, a
+  fixed 13-byte reply, keep-alive unless the request says otherwise) under a
+  load run by a common raw trio client: ``wrk`` (``http-wrk``, one thread,
+  ``http_seconds``) or ``ab -k`` (``http-ab``, ``http_requests``), both with
+  100 connections, the server and the load generator pinned to different
+  cores: requests/s. A row whose program is not on ``PATH`` is skipped with
+  a note (Debian: ``wrk``, ``apache2-utils``).
 """
 
 from __future__ import annotations
@@ -80,7 +88,17 @@ from pathlib import Path
 
 from bench_report import chart, markdown, targets
 from bench_run import HERE, ROOT, Suite, progress, run_suite
-from bench_spec import BASE_PEER, BASELINE, BENCHMARKS, FULL, PEERS, QUICK, Sizes, peer_name
+from bench_spec import (
+    BASE_PEER,
+    BASELINE,
+    BENCHMARKS,
+    FULL,
+    HTTP_CONNECTIONS,
+    PEERS,
+    QUICK,
+    Sizes,
+    peer_name,
+)
 from peer_common import raise_nofile
 
 __all__ = ["main"]
@@ -128,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--proxy-mib", type=int, help="proxy payload in MiB (default 1024)")
     parser.add_argument("--lines", type=int, help="readline lines (default 1000000)")
     parser.add_argument(
+        "--http-seconds", type=int, help="wrk's duration per http-wrk run in seconds (default 10)"
+    )
+    parser.add_argument(
+        "--http-requests", type=int, help="ab's requests per http-ab run (default 200000)"
+    )
+    parser.add_argument(
         "--node-peer",
         type=Path,
         default=HERE / "node_peer.js",
@@ -167,12 +191,14 @@ def _suite(args: argparse.Namespace) -> Suite:
         overrides["sendfile_bytes"] = args.sendfile_mib << 20
     if args.proxy_mib is not None:
         overrides["proxy_bytes"] = args.proxy_mib << 20
-    for name in ("rounds", "churn", "idle", "handshakes", "lines"):
+    for name in ("rounds", "churn", "idle", "handshakes", "lines", "http_seconds", "http_requests"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     sizes = Sizes(**{**base.__dict__, **overrides})
     if sizes.runs < 1 or min(sizes.__dict__.values()) < 1:
         raise SystemExit("sizes and --runs must be at least 1")
+    if sizes.http_requests < HTTP_CONNECTIONS:
+        raise SystemExit(f"--http-requests must be at least {HTTP_CONNECTIONS} (ab's connections)")
     peers = _split(args.peers, list(PEERS), "peer")
     suite = Suite(
         sizes=sizes,

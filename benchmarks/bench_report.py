@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from bench_run import Suite, progress
-from bench_spec import BASE_PEER, BASELINE, NONE, ROWS, TARGETS, TIMES, peer_name
+from bench_spec import (
+    BASE_PEER,
+    BASELINE,
+    HTTP_CONNECTIONS,
+    NONE,
+    ROWS,
+    TARGETS,
+    TIMES,
+    WRK_THREADS,
+    peer_name,
+)
 
 
 def _median(suite: Suite, row: str, peer: str, metric: str) -> float | None:
@@ -309,6 +319,22 @@ def markdown(suite: Suite, chart: str | None) -> str:
         "reader (`bytearray` filled by `receive_some(65536)`, `find` from where the last "
         "search stopped, the line taken as `bytes` and `del`eted from the front), asyncio "
         "Protocol the same in `data_received`.",
+        "- **HTTP keep-alive**: the measured server is a minimal HTTP/1.1 server on the "
+        "implementation's TCP API (not an HTTP library): it takes each request head (up to "
+        "the blank line; no body), keeps the connection alive (HTTP/1.1 unless "
+        "`Connection: close`, HTTP/1.0 with `Connection: keep-alive`) and answers a fixed "
+        "200 reply of 13 bytes with `Content-Length` and `Connection`; the requests one "
+        "read completed (pipelined ones too) are answered in one write. trio_netstream: a "
+        "`'data'` listener filling a `bytearray`, `write()`; raw trio: a `serve_tcp` handler, "
+        "`receive_some(65536)` and `send_all`; asyncio Protocol: the same in `data_received`; "
+        "these three share the parser (`peer_common.http_replies`), Node.js has it in "
+        "JavaScript on `net.createServer` (not its `http` module); asyncio Streams "
+        "`readuntil(b'\\r\\n\\r\\n')`, `write()` and `await drain()` per request. The "
+        "load is a common raw trio client that runs `wrk` (one thread) or `ab -k` (HTTP/1.0 "
+        f"and `Connection: Keep-Alive`) with {HTTP_CONNECTIONS} connections, the server "
+        "pinned to one core and the load generator to another; its requests/s are the "
+        "figure. A run fails on any socket error, failed request or reply that is not 2xx, "
+        "and for ab unless every request was on a kept-alive connection.",
         "- **servers**: trio_netstream uses Node-port style listeners (`on('data', "
         "stream.write)` echo, a counting `'data'` listener as the sink); raw trio uses "
         "`serve_tcp` handlers; Node.js runs `benchmarks/node_peer.js`.",
@@ -346,6 +372,10 @@ def _row_setup(suite: Suite, row: str) -> str:
         "readline": f"{s.lines:,} lines of 16 to 32 bytes from a common raw trio sender, read "
         "with the implementation's line reader. **Target: trio_netstream against asyncio "
         "Streams' `readline()`** (the ratio column is still to raw trio).",
+        "http-wrk": f"`wrk -t{WRK_THREADS} -c{HTTP_CONNECTIONS} -d{s.http_seconds}s` against the "
+        "implementation's minimal HTTP/1.1 server (keep-alive, a 13-byte reply).",
+        "http-ab": f"`ab -k -c {HTTP_CONNECTIONS} -n {s.http_requests}` against the "
+        "implementation's minimal HTTP/1.1 server (HTTP/1.0 keep-alive, a 13-byte reply).",
     }[row]
 
 

@@ -44,6 +44,8 @@ from bench_spec import (
     COMMON_PEER,
     HANDSHAKE_TLS,
     HOST,
+    HTTP_CONNECTIONS,
+    HTTP_TOOLS,
     PEER,
     TLS_BENCHMARKS,
     BenchError,
@@ -250,6 +252,10 @@ def _pinning(suite: Suite, row: str) -> tuple[list[int] | None, list[int] | None
         return [suite.cpus[0]], [suite.cpus[1]]
     if row == "pingpong-same":
         return [suite.cpus[0]], [suite.cpus[0]]
+    if row in HTTP_TOOLS and len(suite.cpus) > 1:
+        # the server on a core of its own; the client, and the wrk or ab it
+        # starts (they inherit its CPUs), on another
+        return [suite.cpus[0]], [suite.cpus[1]]
     return None, None
 
 
@@ -324,7 +330,21 @@ def _readline_configs(suite: Suite, row: str, shared: dict[str, Any]) -> dict[st
     return {"server": {**common, "mode": "lines"}, "client": {**common, "kind": "readline"}}
 
 
-_NEWER = {"sendfile": _sendfile_configs, "proxy": _proxy_configs, "readline": _readline_configs}
+def _http_configs(suite: Suite, row: str, shared: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The measured HTTP server, and the common client, which runs wrk or ab
+    (``HTTP_TOOLS``) against it."""
+    common = {"connections": HTTP_CONNECTIONS, "no_delay": True, "tls": None, "bytes": 0}
+    client = {**common, "kind": HTTP_TOOLS[row][0], "seconds": suite.sizes.http_seconds}
+    client["requests"] = suite.sizes.http_requests
+    return {"server": {**common, "mode": "http", "connections": 0}, "client": client}
+
+
+_NEWER = {
+    "sendfile": _sendfile_configs,
+    "proxy": _proxy_configs,
+    "readline": _readline_configs,
+    "http": _http_configs,
+}
 
 
 def _ready(out: Lines, peer: str, measured: bool, timeout: float) -> int:
@@ -424,6 +444,8 @@ def _describe(row: str, values: dict[str, float]) -> str:
         return f"{values['cps']:,.0f} conn/s"
     if row.startswith("handshake"):
         return f"{values['hps']:,.0f} handshakes/s ({values['resumed']:,.0f} resumed)"
+    if row in HTTP_TOOLS:
+        return f"{values['rps']:,.0f} requests/s"
     return f"{values['kib_per_conn']:,.2f} KiB/conn"
 
 
@@ -491,6 +513,22 @@ def _file(suite: Suite) -> Generator[str | None, None, None]:
         yield str(path)
 
 
+def _with_tools(suite: Suite, rows: list[str]) -> list[str]:
+    """*rows* without those whose load generator (``HTTP_TOOLS``) is not on
+    ``PATH``: each of those is skipped with a note."""
+    kept: list[str] = []
+    for row in rows:
+        program, package = HTTP_TOOLS.get(row, ("", ""))
+        if program and shutil.which(program) is None:
+            suite.notes.append(
+                f"Skipped {row}: `{program}` was not found on PATH (Debian: {package})."
+            )
+            progress("note: " + suite.notes[-1])
+        else:
+            kept.append(row)
+    return kept
+
+
 def run_suite(suite: Suite) -> None:
     rows = [row for bench in suite.benchmarks for row in BENCHMARKS[bench]]
     if "pingpong" in suite.benchmarks and len(suite.cpus) < 2:
@@ -499,6 +537,7 @@ def run_suite(suite: Suite) -> None:
         )
         progress("note: " + suite.notes[-1])
         rows.remove("pingpong-cross")
+    rows = _with_tools(suite, rows)
     with _certificates(suite) as tls, _file(suite) as file:
         shared = {"tls": tls, "file": file}
         rows = [row for row in rows if row.split("-")[0] in suite.benchmarks]

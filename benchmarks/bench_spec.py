@@ -20,6 +20,15 @@ TLS_NAME = "localhost"
 HANDSHAKE_TLS = "TLSv1.3"
 #: Connections a client opens at once in the idle benchmark.
 IDLE_CONNECT_BATCH = 100
+#: The http rows' load: connections kept alive at once, and wrk's threads
+#: (one: wrk in C outruns every server here on one core).
+HTTP_CONNECTIONS = 100
+WRK_THREADS = 1
+#: The http rows' load generators: the program each runs, and its Debian package.
+HTTP_TOOLS: dict[str, tuple[str, str]] = {
+    "http-wrk": ("wrk", "wrk"),
+    "http-ab": ("ab", "apache2-utils"),
+}
 
 #: Peer ids (as given to ``--peers``) and their display names, in run order.
 PEERS: dict[str, str] = {
@@ -45,6 +54,7 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "sendfile": ("sendfile", "sendfile-write"),
     "proxy": ("proxy",),
     "readline": ("readline",),
+    "http": ("http-wrk", "http-ab"),
 }
 #: Benchmarks that need the TLS certificates (made with trustme).
 TLS_BENCHMARKS = ("tls", "handshake")
@@ -61,6 +71,8 @@ LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "proxy": (("server", COMMON), ("proxy", PEER), ("client", COMMON)),
     # a common sender of the lines; the measured client reads them
     "readline": (("server", COMMON), ("client", PEER)),
+    # the measured HTTP server; the common client runs wrk or ab against it
+    "http": (("server", PEER), ("client", COMMON)),
 }
 DEFAULT_LAYOUT = (("server", PEER), ("client", PEER))
 #: The peer whose roles are the common ones.
@@ -121,6 +133,7 @@ _PINGPONG = (
     Metric("p50_us", "p50", "µs", False),
     Metric("p99_us", "p99", "µs", False),
 )
+_RPS = Metric("rps", "requests/s", "req/s", True)
 ROWS: dict[str, Row] = {
     "bulk": Row("bulk", "Bulk transfer (one way)", "bulk", (_MBPS,)),
     "pingpong-cross": Row(
@@ -165,6 +178,8 @@ ROWS: dict[str, Row] = {
     "readline": Row(
         "readline", "Reading lines", "readline", (Metric("lps", "lines/s", "lines/s", True),)
     ),
+    "http-wrk": Row("http-wrk", "HTTP/1.1 keep-alive load (wrk)", "HTTP (wrk)", (_RPS,)),
+    "http-ab": Row("http-ab", "HTTP/1.1 keep-alive load (ab -k)", "HTTP (ab -k)", (_RPS,)),
 }
 
 
@@ -181,6 +196,9 @@ class Sizes:
     sendfile_bytes: int
     proxy_bytes: int
     lines: int
+    #: The http rows: wrk's duration, and ab's number of requests.
+    http_seconds: int
+    http_requests: int
     runs: int
 
 
@@ -196,6 +214,8 @@ FULL = Sizes(
     sendfile_bytes=1 << 30,
     proxy_bytes=1 << 30,
     lines=1_000_000,
+    http_seconds=10,
+    http_requests=200_000,
     runs=5,
 )
 QUICK = Sizes(
@@ -210,6 +230,8 @@ QUICK = Sizes(
     sendfile_bytes=4 << 20,
     proxy_bytes=4 << 20,
     lines=10_000,
+    http_seconds=1,
+    http_requests=2_000,
     runs=1,
 )
 
@@ -240,6 +262,8 @@ TARGETS = (
     Target("send_file()", "sendfile", "mbps", "trio", 1.3, True),
     Target("proxy (two pipe()s)", "proxy", "mbps", "trio", 1.0, True),
     Target("readline()", "readline", "lps", "asyncio-streams", 1.0, True, " readline()"),
+    Target("HTTP keep-alive (wrk)", "http-wrk", "rps", "trio", 1.0, True),
+    Target("HTTP keep-alive (ab -k)", "http-ab", "rps", "trio", 1.0, True),
 )
 
 

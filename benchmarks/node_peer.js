@@ -84,6 +84,54 @@ function sendFile(socket) {
   pump();
 }
 
+// The http rows' server (as peer_common.http_replies): the requests each
+// 'data' completes (a head ending in a blank line; wrk and ab send no body)
+// answered in one write(); end() after a "Connection: close" (later requests
+// unread), or at the client's end. Node's `net`, not its `http` module.
+function httpReply(connection) {
+  const body = 'Hello, world!';
+  return Buffer.from(
+    `HTTP/1.1 200 OK\r\nConnection: ${connection}\r\nContent-Length: ${body.length}\r\n` +
+      `Content-Type: text/plain\r\n\r\n${body}`,
+  );
+}
+const HTTP_KEEP_ALIVE = httpReply('keep-alive');
+const HTTP_CLOSE = httpReply('close');
+
+// HTTP/1.1 unless "Connection: close"; HTTP/1.0 only with "Connection: keep-alive".
+function keepsAlive(head) {
+  const lineEnd = head.indexOf('\r\n');
+  if (lineEnd < 0) return head.endsWith('HTTP/1.1');
+  const headers = head.slice(lineEnd).toLowerCase();
+  if (head.slice(0, lineEnd).endsWith('HTTP/1.1')) {
+    return !headers.includes('\r\nconnection: close');
+  }
+  return headers.includes('\r\nconnection: keep-alive');
+}
+
+function serveHttp(socket) {
+  let buffer = Buffer.alloc(0);
+  function onData(data) {
+    buffer = buffer.length ? Buffer.concat([buffer, data]) : data;
+    const replies = [];
+    let start = 0;
+    let end;
+    while ((end = buffer.indexOf('\r\n\r\n', start)) >= 0) {
+      const keepAlive = keepsAlive(buffer.toString('latin1', start, end));
+      start = end + 4;
+      replies.push(keepAlive ? HTTP_KEEP_ALIVE : HTTP_CLOSE);
+      if (!keepAlive) {
+        socket.removeListener('data', onData);
+        socket.end(Buffer.concat(replies));
+        return;
+      }
+    }
+    buffer = buffer.subarray(start);
+    if (replies.length) socket.write(replies.length === 1 ? replies[0] : Buffer.concat(replies));
+  }
+  socket.on('data', onData);
+}
+
 function server() {
   const sink = cfg.mode === 'sink';
   let accepted = 0;
@@ -94,7 +142,9 @@ function server() {
       sendFile(socket);
       return;
     }
-    if (sink) {
+    if (cfg.mode === 'http') {
+      serveHttp(socket);
+    } else if (sink) {
       let received = 0;
       socket.on('data', (data) => {
         const before = received;

@@ -20,11 +20,15 @@ from typing import Any
 
 from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, TLS_NAME, BenchError
 from peer_common import (
+    HTTP_CLOSE,
+    HTTP_KEEP_ALIVE,
     Announcer,
     check_lines,
     check_resumed,
     client_ssl,
     hold_then_exit,
+    http_keeps_alive,
+    http_replies,
     latency_summary,
     result,
     say,
@@ -126,6 +130,8 @@ async def protocol_server(cfg: dict[str, Any]) -> None:
             return False  # close the transport
 
     factory = _protocol_file_sender(cfg) if cfg["mode"] == "sendfile" else Server
+    if cfg["mode"] == "http":
+        factory = _HttpServer
     server = await loop.create_server(
         factory,
         HOST,
@@ -179,6 +185,34 @@ def _protocol_file_sender(cfg: dict[str, Any]) -> type[asyncio.Protocol]:
             self.file.close()
 
     return FileSender
+
+
+class _HttpServer(asyncio.Protocol):
+    """The http rows' server: a ``bytearray`` filled by ``data_received``, the
+    requests it completed answered in one ``write()``; ``close()`` after a
+    ``Connection: close`` (later requests unread), or at the client's end."""
+
+    transport: asyncio.Transport
+    closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buffer = bytearray()
+        _nodelay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.buffer.extend(data)
+        replies, self.closing = http_replies(self.buffer)
+        if replies:
+            self.transport.write(replies)
+        if self.closing:
+            self.transport.close()  # once the replies are sent
+
+    def eof_received(self) -> bool:
+        return False  # close the transport
 
 
 class _Relay(asyncio.Protocol):
@@ -539,7 +573,30 @@ async def _streams_send_file(
     await reader.read(1)
 
 
-_STREAMS_SERVES = {"sink": _streams_sink, "echo": _streams_echo, "sendfile": _streams_send_file}
+async def _streams_http(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cfg: dict[str, Any]
+) -> None:
+    """The http rows' server: each request read with ``readuntil()`` (its head
+    ends in a blank line), answered with ``write()`` and ``await drain()``,
+    until the client's end or a ``Connection: close``."""
+    while True:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return  # the client's end
+        if not http_keeps_alive(head[:-4]):
+            writer.write(HTTP_CLOSE)
+            return  # the handler closes the writer
+        writer.write(HTTP_KEEP_ALIVE)
+        await writer.drain()
+
+
+_STREAMS_SERVES = {
+    "sink": _streams_sink,
+    "echo": _streams_echo,
+    "sendfile": _streams_send_file,
+    "http": _streams_http,
+}
 
 
 async def streams_proxy(cfg: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """What every Python role shares: the line protocol's output, the file
 limit, the idle client's hold, TLS contexts from the orchestrator's files,
 the handshake rows' resumption check, latency percentiles and the server's
-connection count, the readline benchmark's lines and their check."""
+connection count, the readline benchmark's lines and their check, the http
+rows' server with no I/O (requests parsed, replies made)."""
 
 from __future__ import annotations
 
@@ -111,3 +112,51 @@ def check_lines(count: int, lines: int, size: int) -> None:
     """The reader got the *count* lines the sender sent, *size* bytes in all."""
     if lines != count or size != lines_bytes(count):
         raise BenchError(f"read {lines} lines of {size} bytes, not {count} of {lines_bytes(count)}")
+
+
+def _http_reply(connection: bytes) -> bytes:
+    body = b"Hello, world!"
+    return (
+        b"HTTP/1.1 200 OK\r\nConnection: %s\r\nContent-Length: %d\r\n"
+        b"Content-Type: text/plain\r\n\r\n%s" % (connection, len(body), body)
+    )
+
+
+#: The http rows' one reply, with the connection kept alive or closed after it.
+#: ``Connection: keep-alive`` is what ``ab -k`` (HTTP/1.0) needs to keep it.
+HTTP_KEEP_ALIVE = _http_reply(b"keep-alive")
+HTTP_CLOSE = _http_reply(b"close")
+
+
+def http_keeps_alive(head: bytes | bytearray) -> bool:
+    """Whether the connection stays open after the request whose head (request
+    line and headers, without the blank line) is *head*: HTTP/1.1 unless it
+    says ``Connection: close``; HTTP/1.0 only if it says ``Connection:
+    keep-alive`` (as ``ab -k`` does)."""
+    line_end = head.find(b"\r\n")
+    if line_end < 0:
+        return head.endswith(b"HTTP/1.1")
+    headers = head[line_end:].lower()
+    if head.endswith(b"HTTP/1.1", 0, line_end):
+        return b"\r\nconnection: close" not in headers
+    return b"\r\nconnection: keep-alive" in headers
+
+
+def http_replies(buffer: bytearray) -> tuple[bytes, bool]:
+    """The http rows' server, with no I/O: take every complete request (a
+    head ending in a blank line; wrk and ab send no body) off the front of
+    *buffer*, and answer them. Returns the replies, in order, and whether
+    the connection ends after them (then the requests after that one are
+    left unanswered); ``(b"", False)`` while no request is complete."""
+    replies: list[bytes] = []
+    start = 0
+    while (end := buffer.find(b"\r\n\r\n", start)) >= 0:
+        keep_alive = http_keeps_alive(buffer[start:end])
+        start = end + 4
+        if not keep_alive:
+            replies.append(HTTP_CLOSE)
+            del buffer[:start]
+            return b"".join(replies), True
+        replies.append(HTTP_KEEP_ALIVE)
+    del buffer[:start]
+    return b"".join(replies), False

@@ -23,6 +23,7 @@ from peer_common import (
     check_resumed,
     client_ssl,
     hold_then_exit,
+    http_replies,
     latency_summary,
     result,
     say,
@@ -61,6 +62,8 @@ async def netstream_server(cfg: dict[str, Any]) -> None:
             return
         listener = _send_file_by_api if cfg["by"] == "api" else _send_file_by_writes
         listener = functools.partial(listener, cfg)
+    if cfg["mode"] == "http":
+        listener = _serve_http
     options: dict[str, Any] = {"no_delay": cfg["no_delay"]}
     if cfg["tls"]:
         options["ssl"] = server_ssl(cfg["tls"])
@@ -102,6 +105,30 @@ def _send_file_by_writes(cfg: dict[str, Any], stream: net.Stream) -> None:
     stream.on("data", functools.partial(_end_on_data, stream))
     stream.on("close", lambda had_error: file.close())
     pump()
+
+
+def _serve_http(stream: net.Stream) -> None:
+    """The http rows' server: a ``bytearray`` filled by ``'data'``, the
+    requests it completed answered in one ``write()``; ``end()`` after a
+    ``Connection: close`` (later requests unread), or at the client's end."""
+    buffer = bytearray()
+
+    def on_data(data: bytes) -> None:
+        buffer.extend(data)
+        replies, closing = http_replies(buffer)
+        if closing:
+            stream.off("data", on_data)
+            stream.end(replies)
+        elif replies:
+            stream.write(replies)
+
+    stream.on("data", on_data)
+    stream.on("end", stream.end)
+    stream.on("error", _ignore_error)  # wrk resets its connections when it stops
+
+
+def _ignore_error(error: BaseException) -> None:
+    pass
 
 
 async def netstream_proxy(cfg: dict[str, Any]) -> None:

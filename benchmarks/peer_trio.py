@@ -15,13 +15,14 @@ from typing import Any
 
 import trio
 
-from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, TLS_NAME, BenchError
+from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, TLS_NAME, WRK_THREADS, BenchError
 from peer_common import (
     Announcer,
     check_lines,
     check_resumed,
     client_ssl,
     hold_then_exit,
+    http_replies,
     latency_summary,
     lines_payload,
     result,
@@ -106,7 +107,27 @@ async def _send_lines(stream: trio.abc.Stream, cfg: dict[str, Any]) -> None:
         pass
 
 
-_SERVES = {"sink": _sink, "echo": _echo, "sendfile": _send_file, "lines": _send_lines}
+async def _http(stream: trio.abc.Stream, cfg: dict[str, Any]) -> None:
+    """The http rows' server: a ``bytearray`` filled by ``receive_some``, the
+    requests it completed answered in one ``send_all``, until the client's
+    end or a ``Connection: close`` (``serve_tcp`` then closes the stream)."""
+    buffer = bytearray()
+    while data := await stream.receive_some(65536):
+        buffer.extend(data)
+        replies, closing = http_replies(buffer)
+        if replies:
+            await stream.send_all(replies)
+        if closing:
+            return
+
+
+_SERVES = {
+    "sink": _sink,
+    "echo": _echo,
+    "sendfile": _send_file,
+    "lines": _send_lines,
+    "http": _http,
+}
 
 
 async def trio_proxy(cfg: dict[str, Any]) -> None:
@@ -311,6 +332,54 @@ async def _readline(port: int, cfg: dict[str, Any]) -> None:
     result(seconds=elapsed, lps=count / elapsed)
 
 
+async def _run_load(argv: list[str]) -> dict[str, str]:
+    """Run a load generator (wrk or ab) to its end; the ``label: value`` lines
+    of its report (the first word of each value), and ``"output"``, all of it."""
+    done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    output = done.stdout.decode(errors="replace")
+    if done.returncode != 0:
+        errors = done.stderr.decode(errors="replace").strip()
+        raise BenchError(f"{argv[0]} exited with status {done.returncode}: {errors or output}")
+    fields = {"output": output}
+    for line in output.splitlines():
+        label, colon, value = line.partition(":")
+        if colon and value.split() and label.strip() not in fields:
+            fields[label.strip()] = value.split()[0]
+    return fields
+
+
+async def _wrk(port: int, cfg: dict[str, Any]) -> None:
+    """The http-wrk row's load: ``wrk`` for ``seconds`` over ``connections``
+    keep-alive connections; a socket error or a reply not 2xx fails the run."""
+    seconds: int = cfg["seconds"]
+    argv = ["wrk", f"-t{WRK_THREADS}", f"-c{cfg['connections']}", f"-d{seconds}s"]
+    fields = await _run_load([*argv, f"http://{HOST}:{port}/"])
+    for failure in ("Socket errors", "Non-2xx or 3xx responses"):
+        if failure in fields:
+            raise BenchError(f"wrk: {failure}: {fields['output']}")
+    if "Requests/sec" not in fields:
+        raise BenchError(f"wrk said no Requests/sec: {fields['output']}")
+    result(rps=float(fields["Requests/sec"]), seconds=seconds)
+
+
+async def _ab(port: int, cfg: dict[str, Any]) -> None:
+    """The http-ab row's load: ``ab -k`` (HTTP/1.0 and ``Connection:
+    Keep-Alive``) for ``requests`` over ``connections`` connections; every
+    request must succeed with a 2xx reply, on a kept-alive connection."""
+    count: int = cfg["requests"]
+    argv = ["ab", "-k", "-q", "-c", str(cfg["connections"]), "-n", str(count)]
+    fields = await _run_load([*argv, f"http://{HOST}:{port}/"])
+    expected = {"Complete requests": count, "Failed requests": 0, "Keep-Alive requests": count}
+    for label, value in expected.items():
+        if fields.get(label) != str(value):
+            raise BenchError(f"ab: {label}: {fields.get(label)}, not {value}: {fields['output']}")
+    for failure in ("Non-2xx responses", "Write errors"):
+        if failure in fields:
+            raise BenchError(f"ab: {failure}: {fields['output']}")
+    seconds = float(fields["Time taken for tests"])
+    result(rps=float(fields["Requests per second"]), seconds=seconds)
+
+
 _KINDS = {
     "bulk": _bulk,
     "receive": _receive,
@@ -319,4 +388,6 @@ _KINDS = {
     "churn": _churn,
     "idle": _idle,
     "handshake": _handshake,
+    "wrk": _wrk,
+    "ab": _ab,
 }

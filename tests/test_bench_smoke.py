@@ -48,16 +48,26 @@ def _expected_rows() -> list[str]:
         "sendfile-write",
         "proxy",
         "readline",
+        "http-wrk",
+        "http-ab",
     ]
     if len(os.sched_getaffinity(0)) < 2:
         rows.remove("pingpong-cross")
+    # The http rows' load generators (CI installs them; the harness skips a
+    # row whose program is missing, with a note).
+    for row, (program, _) in SPEC["HTTP_TOOLS"].items():
+        if shutil.which(program) is None:
+            rows.remove(row)
     return rows
 
 
-def _bench(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python benchmarks/bench.py ARGS``, from another directory. The harness
-    is not library code: it runs outside ``pytest --cov``'s measurement."""
+def _bench(cwd: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/bench.py ARGS``, from another directory (with
+    *path* as ``PATH`` if given). The harness is not library code: it runs
+    outside ``pytest --cov``'s measurement."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE_")}
+    if path is not None:
+        env["PATH"] = path
     return subprocess.run(
         [sys.executable, str(BENCH), *args],
         cwd=cwd,
@@ -104,6 +114,8 @@ def test_quick_run_measures_every_benchmark_for_every_available_peer(tmp_path: P
         "sendfile-write": "mbps",
         "proxy": "mbps",
         "readline": "lps",
+        "http-wrk": "rps",
+        "http-ab": "rps",
     }
     for row in rows:
         assert sorted(data["results"][row]) == sorted(peers), row
@@ -192,3 +204,59 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path: Path, args: li
     assert finished.stderr.strip()
     assert "Traceback" not in finished.stderr
     assert not (tmp_path / "docs").exists()
+
+
+def test_http_rows_are_skipped_with_a_note_without_their_load_generators(tmp_path: Path) -> None:
+    out = tmp_path / "docs"
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    finished = _bench(
+        tmp_path,
+        "--quick",
+        "--only",
+        "http",
+        "--peers",
+        "trio",
+        "--output-dir",
+        str(out),
+        path=str(empty),
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    report = (out / "performance.md").read_text(encoding="utf-8")
+    assert "- Skipped http-wrk: `wrk` was not found on PATH (Debian: wrk)." in report
+    assert "- Skipped http-ab: `ab` was not found on PATH (Debian: apache2-utils)." in report
+    assert "### HTTP/1.1" not in report
+
+
+#: The http rows' requests, as wrk (HTTP/1.1) and ``ab -k`` (HTTP/1.0) send them.
+_GET_11 = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+_GET_10 = b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\nHost: h\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("received", "replies", "left"),
+    [
+        (_GET_11[:-2], "", _GET_11[:-2]),  # no request complete yet
+        (_GET_11 + _GET_11[:8], "k", _GET_11[:8]),
+        (_GET_11 * 3, "kkk", b""),  # pipelined: one answer for all three
+        (_GET_10, "k", b""),
+        (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n" + _GET_11, "c", _GET_11),
+        (b"GET / HTTP/1.0\r\n\r\n" + _GET_10, "c", _GET_10),
+        (_GET_11 + b"GET / HTTP/1.0\r\nHost: h\r\n\r\n", "kc", b""),
+    ],
+)
+def test_the_http_rows_server_answers_each_complete_request(
+    monkeypatch: pytest.MonkeyPatch, received: bytes, replies: str, left: bytes
+) -> None:
+    """``k``: a keep-alive reply, ``c``: the closing one (then the requests
+    after it are left unanswered in the buffer)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # peer_common imports bench_spec
+    common = runpy.run_path(str(BENCHMARKS / "peer_common.py"))
+    buffer = bytearray(received)
+
+    answer, closing = common["http_replies"](buffer)
+
+    reply = {"k": common["HTTP_KEEP_ALIVE"], "c": common["HTTP_CLOSE"]}
+    assert answer == b"".join(reply[kind] for kind in replies)
+    assert (closing, bytes(buffer)) == (replies.endswith("c"), left)
