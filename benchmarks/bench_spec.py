@@ -38,7 +38,7 @@ BASE_PEER = "trio_netstream@base"
 BENCHMARKS: dict[str, tuple[str, ...]] = {
     "bulk": ("bulk",),
     "pingpong": ("pingpong-cross", "pingpong-same"),
-    "churn": ("churn",),
+    "churn": ("churn", "churn-node", "churn-node-client", "churn-node-server"),
     "idle": ("idle",),
     "tls": ("tls",),
     "handshake": ("handshake", "handshake-resume"),
@@ -61,6 +61,10 @@ LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "proxy": (("server", COMMON), ("proxy", PEER), ("client", COMMON)),
     # a common sender of the lines; the measured client reads them
     "readline": (("server", COMMON), ("client", PEER)),
+    # the measured Node-style churn client against the common echo server
+    "churn-node-client": (("server", COMMON), ("client", PEER)),
+    # the common Node-style churn client against the measured echo server
+    "churn-node-server": (("server", PEER), ("client", COMMON)),
 }
 DEFAULT_LAYOUT = (("server", PEER), ("client", PEER))
 #: The peer whose roles are the common ones.
@@ -68,7 +72,10 @@ COMMON_PEER = "trio"
 
 
 def layout(row: str) -> tuple[tuple[str, str], ...]:
-    """The roles of *row*'s runs and whose each is (see :data:`LAYOUTS`)."""
+    """The roles of *row*'s runs and whose each is (see :data:`LAYOUTS`): the
+    row's own entry, else its benchmark's."""
+    if row in LAYOUTS:
+        return LAYOUTS[row]
     return LAYOUTS.get(row.split("-")[0], DEFAULT_LAYOUT)
 
 
@@ -121,6 +128,7 @@ _PINGPONG = (
     Metric("p50_us", "p50", "µs", False),
     Metric("p99_us", "p99", "µs", False),
 )
+_CPS = Metric("cps", "connections/s", "conn/s", True)
 ROWS: dict[str, Row] = {
     "bulk": Row("bulk", "Bulk transfer (one way)", "bulk", (_MBPS,)),
     "pingpong-cross": Row(
@@ -137,6 +145,24 @@ ROWS: dict[str, Row] = {
     ),
     "churn": Row(
         "churn", "Connection churn", "churn", (Metric("cps", "connections/s", "conn/s", True),)
+    ),
+    "churn-node": Row(
+        "churn-node",
+        "Connection churn, Node-style client (destroy() on the echo)",
+        "churn Node-style",
+        (_CPS,),
+    ),
+    "churn-node-client": Row(
+        "churn-node-client",
+        "Connection churn, Node-style client alone (against a raw trio server)",
+        "churn Node-style client",
+        (_CPS,),
+    ),
+    "churn-node-server": Row(
+        "churn-node-server",
+        "Connection churn, server alone (against a raw trio Node-style client)",
+        "churn Node-style server",
+        (_CPS,),
     ),
     "idle": Row(
         "idle",
@@ -240,6 +266,9 @@ TARGETS = (
     Target("send_file()", "sendfile", "mbps", "trio", 1.3, True),
     Target("proxy (two pipe()s)", "proxy", "mbps", "trio", 1.0, True),
     Target("readline()", "readline", "lps", "asyncio-streams", 1.0, True, " readline()"),
+    Target("Node-style churn", "churn-node", "cps", "trio", 1.2, True),
+    Target("Node-style churn, client alone", "churn-node-client", "cps", "trio", 1.1, True),
+    Target("Node-style churn, server alone", "churn-node-server", "cps", "trio", 1.1, True),
 )
 
 
