@@ -32,7 +32,13 @@ Benchmarks:
   (``pingpong-same``): round trips/s, p50 and p99 in microseconds.
 * ``churn``: ``count`` sequential connections, each: connect, send one
   byte, read its echo, end, wait for the peer's end and the close:
-  connections/s.
+  connections/s. ``churn-node``: the same with a Node-style client, which
+  closes at the echo (``destroy()``) without waiting for the peer's end;
+  ``churn-node-client`` and ``churn-node-server`` measure its client alone
+  (against the common raw trio echo server) and the echo server alone
+  (against the common raw trio Node-style client: ``send_all``,
+  ``receive_some``, ``aclose``), see ``bench_spec.LAYOUTS``. Each
+  Node-style run checks that every connection got its byte back.
 * ``idle``: the server's RSS growth per connection while it holds
   ``connections`` idle echo connections, opened by a client process.
 * ``tls``: ``bulk`` over TLS (trustme certificates).

@@ -258,7 +258,20 @@ def markdown(suite: Suite, chart: str | None) -> str:
         "both sides; each process pinned with `sched_setaffinity` to its own core "
         "(cross-core) or both to the same core (same-core).",
         "- **churn**: sequential connections, each: connect, send 1 byte, read the echo, end, "
-        "wait for the server's end and the close.",
+        "wait for the server's end and the close. **Node-style** rows: each connection "
+        "as a new user writes it, no wait for the server's end: write on connect, close on "
+        "the echo, the next connection once closed (trio_netstream `write()` in "
+        "`'connect'`, `destroy()` in `'data'`, the `async with` left at `'close'`; Node.js "
+        "the same with `net.connect`; raw trio `open_tcp_stream`, `send_all`, "
+        "`receive_some(1)`, `aclose()`; asyncio Protocol `transport.write()` in "
+        "`connection_made`, `transport.close()` in `data_received` (its write buffer is "
+        "empty: the socket closes at once, as `destroy()` does), the next at "
+        "`connection_lost`; asyncio Streams `write`, `drain`, `read(1)`, `close()`, "
+        "`wait_closed()`). Every run checks that each connection got its byte back. "
+        "`churn Node-style` runs both sides of the implementation; `churn Node-style "
+        "client` its client against a common raw trio echo server, `churn Node-style "
+        "server` its echo server against the common raw trio Node-style client "
+        "(`bench_spec.LAYOUTS`; for raw trio all three are the same all-raw pair).",
         "- **idle memory**: the server's `VmRSS` (`/proc/<pid>/status`) once listening, and "
         "again once it holds every connection (opened by a client process, both with "
         "`RLIMIT_NOFILE` raised to the hard limit); the difference divided by the count.",
@@ -355,6 +368,13 @@ def _row_setup(suite: Suite, row: str) -> str:
         "pingpong-same": f"{s.rounds:,} round trips of {s.message} bytes; server and client "
         f"both on CPU {suite.cpus[0] if suite.cpus else '?'}.",
         "churn": f"{s.churn:,} sequential connections.",
+        "churn-node": f"{s.churn:,} sequential connections, the client `destroy()`ing each "
+        "on its echo.",
+        "churn-node-client": f"{s.churn:,} sequential connections of the implementation's "
+        "Node-style client to a common raw trio echo server.",
+        "churn-node-server": f"{s.churn:,} sequential connections of a common raw trio "
+        "Node-style client (`send_all`, `receive_some`, `aclose`) to the implementation's "
+        "echo server.",
         "idle": f"{s.idle:,} concurrent idle connections.",
         "tls": f"{s.tls_bytes / 2**20:,.0f} MiB one way over TLS in {s.chunk // 1024} KiB writes.",
         "handshake": f"{s.handshakes:,} sequential TLS 1.3 connections, each a full "

@@ -293,6 +293,8 @@ def _configs(suite: Suite, row: str, shared: dict[str, Any]) -> dict[str, dict[s
         "rounds": s.rounds,
         "size": s.message,
         "count": s.handshakes if bench == "handshake" else s.churn,
+        # churn: end() and wait for the peer's end, or Node-style destroy() on the echo
+        "style": "destroy" if row.startswith("churn-node") else "graceful",
         "resume": row == "handshake-resume",
         "connections": s.idle,
         "tls": server["tls"],
@@ -440,7 +442,7 @@ def _describe(row: str, values: dict[str, float]) -> str:
             f"{values['rtps']:,.0f} rt/s, p50 {values['p50_us']:,.1f} µs, "
             f"p99 {values['p99_us']:,.1f} µs"
         )
-    if row == "churn":
+    if row.startswith("churn"):
         return f"{values['cps']:,.0f} conn/s"
     if row.startswith("handshake"):
         return f"{values['hps']:,.0f} handshakes/s ({values['resumed']:,.0f} resumed)"

@@ -47,7 +47,7 @@ BASE_PEER = "trio_netstream@base"
 BENCHMARKS: dict[str, tuple[str, ...]] = {
     "bulk": ("bulk",),
     "pingpong": ("pingpong-cross", "pingpong-same"),
-    "churn": ("churn",),
+    "churn": ("churn", "churn-node", "churn-node-client", "churn-node-server"),
     "idle": ("idle",),
     "tls": ("tls",),
     "handshake": ("handshake", "handshake-resume"),
@@ -73,6 +73,10 @@ LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "readline": (("server", COMMON), ("client", PEER)),
     # the measured HTTP server; the common client runs wrk or ab against it
     "http": (("server", PEER), ("client", COMMON)),
+    # the measured Node-style churn client against the common echo server
+    "churn-node-client": (("server", COMMON), ("client", PEER)),
+    # the common Node-style churn client against the measured echo server
+    "churn-node-server": (("server", PEER), ("client", COMMON)),
 }
 DEFAULT_LAYOUT = (("server", PEER), ("client", PEER))
 #: The peer whose roles are the common ones.
@@ -80,7 +84,10 @@ COMMON_PEER = "trio"
 
 
 def layout(row: str) -> tuple[tuple[str, str], ...]:
-    """The roles of *row*'s runs and whose each is (see :data:`LAYOUTS`)."""
+    """The roles of *row*'s runs and whose each is (see :data:`LAYOUTS`): the
+    row's own entry, else its benchmark's."""
+    if row in LAYOUTS:
+        return LAYOUTS[row]
     return LAYOUTS.get(row.split("-")[0], DEFAULT_LAYOUT)
 
 
@@ -134,6 +141,7 @@ _PINGPONG = (
     Metric("p99_us", "p99", "µs", False),
 )
 _RPS = Metric("rps", "requests/s", "req/s", True)
+_CPS = Metric("cps", "connections/s", "conn/s", True)
 ROWS: dict[str, Row] = {
     "bulk": Row("bulk", "Bulk transfer (one way)", "bulk", (_MBPS,)),
     "pingpong-cross": Row(
@@ -150,6 +158,24 @@ ROWS: dict[str, Row] = {
     ),
     "churn": Row(
         "churn", "Connection churn", "churn", (Metric("cps", "connections/s", "conn/s", True),)
+    ),
+    "churn-node": Row(
+        "churn-node",
+        "Connection churn, Node-style client (destroy() on the echo)",
+        "churn Node-style",
+        (_CPS,),
+    ),
+    "churn-node-client": Row(
+        "churn-node-client",
+        "Connection churn, Node-style client alone (against a raw trio server)",
+        "churn Node-style client",
+        (_CPS,),
+    ),
+    "churn-node-server": Row(
+        "churn-node-server",
+        "Connection churn, server alone (against a raw trio Node-style client)",
+        "churn Node-style server",
+        (_CPS,),
     ),
     "idle": Row(
         "idle",
@@ -253,17 +279,21 @@ class Target:
 
 
 TARGETS = (
-    Target("bulk", "bulk", "mbps", "trio", 1.0, True),
+    Target("bulk", "bulk", "mbps", "trio", 1.1, True),
     Target("bulk", "bulk", "mbps", "node", 1.5, True),
-    Target("same-core ping-pong", "pingpong-same", "rtps", "trio", 1.0, True),
-    Target("cross-core ping-pong", "pingpong-cross", "rtps", "trio", 0.95, True),
-    Target("churn", "churn", "cps", "trio", 1.0, True),
-    Target("idle memory", "idle", "kib_per_conn", "trio", 1.5, False, " per connection"),
+    Target("same-core ping-pong", "pingpong-same", "rtps", "trio", 1.6, True),
+    Target("cross-core ping-pong", "pingpong-cross", "rtps", "trio", 1.0, True),
+    Target("churn", "churn", "cps", "trio", 1.2, True),
+    Target("idle memory", "idle", "kib_per_conn", "trio", 1.0, False, " per connection"),
+    Target("TLS handshakes", "handshake", "hps", "trio", 1.0, True),
     Target("send_file()", "sendfile", "mbps", "trio", 1.3, True),
     Target("proxy (two pipe()s)", "proxy", "mbps", "trio", 1.0, True),
     Target("readline()", "readline", "lps", "asyncio-streams", 1.0, True, " readline()"),
     Target("HTTP keep-alive (wrk)", "http-wrk", "rps", "trio", 1.0, True),
     Target("HTTP keep-alive (ab -k)", "http-ab", "rps", "trio", 1.0, True),
+    Target("Node-style churn", "churn-node", "cps", "trio", 1.2, True),
+    Target("Node-style churn, client alone", "churn-node-client", "cps", "trio", 1.1, True),
+    Target("Node-style churn, server alone", "churn-node-server", "cps", "trio", 1.1, True),
 )
 
 

@@ -242,10 +242,35 @@ function churnOne() {
   });
 }
 
+// The Node-style churn client (cfg.style 'destroy'): write on connect,
+// destroy() on the echo (no wait for the server's end), the next connection
+// on 'close'. Resolves to whether the byte came back.
+function churnDestroyOne() {
+  return new Promise((resolve, reject) => {
+    let echoed = false;
+    const socket = net.connect({ host: HOST, port: cfg.port }, () => socket.write('x'));
+    socket.once('data', (data) => {
+      echoed = data.toString() === 'x';
+      socket.destroy();
+    });
+    socket.on('close', () => resolve(echoed));
+    socket.on('error', reject);
+  });
+}
+
 async function churn() {
+  const destroy = cfg.style === 'destroy';
+  let echoed = 0;
   const start = process.hrtime.bigint();
-  for (let i = 0; i < cfg.count; i++) await churnOne();
-  result({ cps: cfg.count / seconds(start) });
+  for (let i = 0; i < cfg.count; i++) {
+    if (!destroy) await churnOne();
+    else if (await churnDestroyOne()) echoed += 1;
+  }
+  const elapsed = seconds(start);
+  if (destroy && echoed !== cfg.count) {
+    throw new Error(`${echoed} of ${cfg.count} connections echoed the byte`);
+  }
+  result({ cps: cfg.count / elapsed });
 }
 
 // One connection of the handshake rows: the handshake, a byte and its echo,

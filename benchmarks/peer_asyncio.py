@@ -23,6 +23,7 @@ from peer_common import (
     HTTP_CLOSE,
     HTTP_KEEP_ALIVE,
     Announcer,
+    check_echoed,
     check_lines,
     check_resumed,
     client_ssl,
@@ -371,6 +372,9 @@ async def _protocol_pingpong(port: int, cfg: dict[str, Any]) -> None:
 async def _protocol_churn(port: int, cfg: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     count: int = cfg["count"]
+    if cfg["style"] == "destroy":
+        await _protocol_churn_destroy(port, count)
+        return
 
     class Churn(asyncio.Protocol):
         transport: asyncio.Transport
@@ -397,6 +401,42 @@ async def _protocol_churn(port: int, cfg: dict[str, Any]) -> None:
         _, churn = await loop.create_connection(Churn, HOST, port)
         await churn.closed
     result(cps=count / (time.perf_counter() - start))
+
+
+async def _protocol_churn_destroy(port: int, count: int) -> None:
+    """The counterpart of the Node-style churn client: write in
+    ``connection_made``, ``transport.close()`` on the echo (its write buffer
+    is empty: the socket closes at once, as Node's ``destroy()`` does; no
+    wait for the server's end), the next connection at ``connection_lost``."""
+    loop = asyncio.get_running_loop()
+    echoed = 0
+
+    class NodeChurn(asyncio.Protocol):
+        transport: asyncio.Transport
+
+        def __init__(self) -> None:
+            self.closed: asyncio.Future[None] = loop.create_future()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            transport.write(b"x")
+
+        def data_received(self, data: bytes) -> None:
+            nonlocal echoed
+            echoed += data == b"x"
+            self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.closed.set_result(None)
+
+    start = time.perf_counter()
+    for _ in range(count):
+        _, churn = await loop.create_connection(NodeChurn, HOST, port)
+        await churn.closed
+    elapsed = time.perf_counter() - start
+    check_echoed(echoed, count)
+    result(cps=count / elapsed)
 
 
 async def _protocol_idle(port: int, cfg: dict[str, Any]) -> None:
@@ -671,6 +711,9 @@ async def _streams_pingpong(port: int, cfg: dict[str, Any]) -> None:
 
 async def _streams_churn(port: int, cfg: dict[str, Any]) -> None:
     count: int = cfg["count"]
+    if cfg["style"] == "destroy":
+        await _streams_churn_destroy(port, count)
+        return
     start = time.perf_counter()
     for _ in range(count):
         reader, writer = await asyncio.open_connection(HOST, port)
@@ -682,6 +725,24 @@ async def _streams_churn(port: int, cfg: dict[str, Any]) -> None:
         writer.close()
         await writer.wait_closed()
     result(cps=count / (time.perf_counter() - start))
+
+
+async def _streams_churn_destroy(port: int, count: int) -> None:
+    """The counterpart of the Node-style churn client: ``write``, ``drain``,
+    ``read(1)``, then ``close()`` and ``wait_closed()`` (which waits for the
+    transport's close, not for the server's end)."""
+    echoed = 0
+    start = time.perf_counter()
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(b"x")
+        await writer.drain()
+        echoed += await reader.read(1) == b"x"
+        writer.close()
+        await writer.wait_closed()
+    elapsed = time.perf_counter() - start
+    check_echoed(echoed, count)
+    result(cps=count / elapsed)
 
 
 async def _streams_idle(port: int, cfg: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """What every Python role shares: the line protocol's output, the file
 limit, the idle client's hold, TLS contexts from the orchestrator's files,
 the handshake rows' resumption check, latency percentiles and the server's
-connection count, the readline benchmark's lines and their check, the http
-rows' server with no I/O (requests parsed, replies made)."""
+connection count, the readline benchmark's lines and their check, the
+churn rows' echo count, the http rows' server with no I/O (requests parsed,
+replies made)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,12 @@ def check_resumed(resume: bool, resumed: int, count: int) -> None:
     expected = count if resume else 0
     if resumed != expected:
         raise BenchError(f"{resumed} of {count} handshakes resumed a session, not {expected}")
+
+
+def check_echoed(echoed: int, count: int) -> None:
+    """Every one of the *count* connections got its byte back."""
+    if echoed != count:
+        raise BenchError(f"{echoed} of {count} connections echoed the byte")
 
 
 def latency_summary(rounds: int, elapsed: float, latencies_ns: list[int]) -> dict[str, float]:

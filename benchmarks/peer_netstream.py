@@ -19,6 +19,7 @@ import trio_netstream as net
 from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, TLS_NAME, BenchError
 from peer_common import (
     Announcer,
+    check_echoed,
     check_lines,
     check_resumed,
     client_ssl,
@@ -233,6 +234,9 @@ async def _pingpong(port: int, cfg: dict[str, Any]) -> None:
 
 async def _churn(port: int, cfg: dict[str, Any]) -> None:
     count: int = cfg["count"]
+    if cfg["style"] == "destroy":
+        await _churn_destroy(port, count)
+        return
     start = time.perf_counter()
     for _ in range(count):
         stream = net.create_connection(port, HOST)
@@ -241,6 +245,28 @@ async def _churn(port: int, cfg: dict[str, Any]) -> None:
         async with stream:
             pass
     result(cps=count / (time.perf_counter() - start))
+
+
+async def _churn_destroy(port: int, count: int) -> None:
+    """The Node-style churn client: write in ``'connect'``, ``destroy()`` in
+    ``'data'`` (no wait for the server's end), the block left at ``'close'``."""
+    echoed = 0
+
+    def on_echo(stream: net.Stream, data: bytes) -> None:
+        nonlocal echoed
+        echoed += data == b"x"
+        stream.destroy()
+
+    start = time.perf_counter()
+    for _ in range(count):
+        stream = net.create_connection(port, HOST)
+        stream.on("connect", functools.partial(stream.write, b"x"))
+        stream.on("data", functools.partial(on_echo, stream))
+        async with stream:
+            pass
+    elapsed = time.perf_counter() - start
+    check_echoed(echoed, count)
+    result(cps=count / elapsed)
 
 
 async def _idle(port: int, cfg: dict[str, Any]) -> None:

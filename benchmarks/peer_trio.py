@@ -18,6 +18,7 @@ import trio
 from bench_spec import BACKLOG, HOST, IDLE_CONNECT_BATCH, TLS_NAME, WRK_THREADS, BenchError
 from peer_common import (
     Announcer,
+    check_echoed,
     check_lines,
     check_resumed,
     client_ssl,
@@ -204,6 +205,9 @@ async def _pingpong(port: int, cfg: dict[str, Any]) -> None:
 
 async def _churn(port: int, cfg: dict[str, Any]) -> None:
     count: int = cfg["count"]
+    if cfg["style"] == "destroy":
+        await _churn_destroy(port, count)
+        return
     start = time.perf_counter()
     for _ in range(count):
         async with await trio.open_tcp_stream(HOST, port) as sock:
@@ -213,6 +217,20 @@ async def _churn(port: int, cfg: dict[str, Any]) -> None:
             while await sock.receive_some(65536):
                 pass
     result(cps=count / (time.perf_counter() - start))
+
+
+async def _churn_destroy(port: int, count: int) -> None:
+    """The counterpart of the Node-style churn client: connect, ``send_all``,
+    ``receive_some``, ``aclose`` (no wait for the server's end)."""
+    echoed = 0
+    start = time.perf_counter()
+    for _ in range(count):
+        async with await trio.open_tcp_stream(HOST, port) as sock:
+            await sock.send_all(b"x")
+            echoed += await sock.receive_some(1) == b"x"
+    elapsed = time.perf_counter() - start
+    check_echoed(echoed, count)
+    result(cps=count / elapsed)
 
 
 async def _idle(port: int, cfg: dict[str, Any]) -> None:

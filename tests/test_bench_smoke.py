@@ -40,6 +40,9 @@ def _expected_rows() -> list[str]:
         "pingpong-cross",
         "pingpong-same",
         "churn",
+        "churn-node",
+        "churn-node-client",
+        "churn-node-server",
         "idle",
         "tls",
         "handshake",
@@ -106,6 +109,9 @@ def test_quick_run_measures_every_benchmark_for_every_available_peer(tmp_path: P
         "pingpong-cross": "rtps",
         "pingpong-same": "rtps",
         "churn": "cps",
+        "churn-node": "cps",
+        "churn-node-client": "cps",
+        "churn-node-server": "cps",
         "idle": "kib_per_conn",
         "tls": "mbps",
         "handshake": "hps",
@@ -160,9 +166,11 @@ def test_selected_benchmarks_and_peers_always_include_raw_trio(tmp_path: Path) -
     status, data, report, _ = _run(tmp_path, "--only", "churn", "--peers", "trio_netstream")
 
     assert (status, data["failures"]) == (0, {})
-    assert data["rows"] == ["churn"]
+    churn_rows = ["churn", "churn-node", "churn-node-client", "churn-node-server"]
+    assert data["rows"] == churn_rows
     assert data["peers"] == ["trio_netstream", "trio"]
-    assert sorted(data["results"]["churn"]) == ["trio", "trio_netstream"]
+    for row in churn_rows:
+        assert sorted(data["results"][row]) == ["trio", "trio_netstream"], row
     assert data["notes"][0] == "raw trio was added to --peers: every ratio is to it."
     assert "### Connection churn" in report
     assert "### Bulk transfer" not in report
@@ -191,7 +199,8 @@ def test_baseline_adds_a_peer_importing_trio_netstream_from_another_checkout(
     imported = root / "trio_netstream" / "__init__.py"
     assert f"note: trio_netstream@base imports {imported}" in finished.stderr
     tables = report.split("## Summary", 1)[1].splitlines()
-    assert sum(line.startswith("| trio_netstream@base | ") for line in tables) == 2
+    # the summary, then the churn rows' tables
+    assert sum(line.startswith("| trio_netstream@base | ") for line in tables) == 1 + 4
 
 
 @pytest.mark.parametrize(
@@ -260,3 +269,12 @@ def test_the_http_rows_server_answers_each_complete_request(
     reply = {"k": common["HTTP_KEEP_ALIVE"], "c": common["HTTP_CLOSE"]}
     assert answer == b"".join(reply[kind] for kind in replies)
     assert (closing, bytes(buffer)) == (replies.endswith("c"), left)
+
+
+def test_a_row_of_its_own_layout_comes_before_its_benchmarks() -> None:
+    layout, peer, common = SPEC["layout"], SPEC["PEER"], SPEC["COMMON"]
+
+    assert layout("churn") == layout("churn-node") == SPEC["DEFAULT_LAYOUT"]
+    assert layout("churn-node-client") == (("server", common), ("client", peer))
+    assert layout("churn-node-server") == (("server", peer), ("client", common))
+    assert layout("sendfile-write") == SPEC["LAYOUTS"]["sendfile"]
