@@ -219,8 +219,12 @@ async def quiet_read(conn: Connection) -> tuple[bool, bytes | None]:
                 finally:
                     conn.quiet_wait = False
                 await trio.lowlevel.checkpoint_if_cancelled()
-                if not reads_quietly(conn):
-                    return False, None  # changed as it woke (set_secure()): not read here
+                if conn.stopped or conn.upgrade is not None:
+                    return False, None  # destroyed, or TLS bytes (set_secure()) as it woke
+                # Read what woke it now, as a receive does after its wait (no
+                # schedule point more: a failing send may be about to report
+                # the reset this read finds as an EOF); a chunk the
+                # conditions no longer let through here goes to the step.
                 data = transport.recv_nowait(READ_SIZE)
             if not data:
                 return True, None
