@@ -69,6 +69,7 @@ async def connect(sock: _stdlib_socket.socket, address: Any) -> None:
 _DEFAULT_RECEIVE = 64 * 1024
 BULK_READ = 16 * 1024  # a read at least this large makes the next empty receive spin
 MAX_SPINS = 16  # scheduler steps a receive may spend trying before it waits
+PROBE_EVERY = 8  # while reads after a reply yield first, one in this many does not
 
 
 def _recv_now(sock: _stdlib_socket.socket, size: int) -> bytes | None:
@@ -90,6 +91,7 @@ class SocketTransport(trio.abc.HalfCloseableStream):
     __slots__ = (
         "_bulk",
         "_eof_sent",
+        "_probes",
         "_replied",
         "_sending",
         "_sock",
@@ -110,6 +112,7 @@ class SocketTransport(trio.abc.HalfCloseableStream):
         self._spins = MAX_SPINS
         self._replied = False  # try_send() sent since the last read
         self._yield_first = False  # after a reply, yield before reading (see receive_ready)
+        self._probes = 0
 
     @property
     def plain(self) -> _stdlib_socket.socket:
@@ -199,18 +202,28 @@ class SocketTransport(trio.abc.HalfCloseableStream):
         host has not, and a read that finds nothing costs a failed ``recv``
         and a re-armed epoll registration, where one step (other
         connections' work) often lets the answer arrive: then, as Trio's
-        ``send_all`` does, yield first. Either way the read is a schedule point."""
+        ``send_all`` does, yield first. While yielding first, one reply in
+        :data:`PROBE_EVERY` reads right away again, to notice a peer that
+        answers at once. Either way the read is a schedule point."""
         self._replied = False
         if self._yield_first:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            data = self.recv_nowait(size)
-            self._yield_first = data is not None
-            return data
+            self._probes += 1
+            if self._probes % PROBE_EVERY:
+                return await self._yield_then_recv(size)
         data = self.recv_nowait(size)
-        if data is None:
-            self._yield_first = True
-            return None
+        if data is not None:
+            self._yield_first = False
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        if self._yield_first:  # a probe that found nothing: the step as usual
+            return await self._yield_then_recv(size)
+        self._yield_first = True
+        return None
+
+    async def _yield_then_recv(self, size: int) -> bytes | None:
         await trio.lowlevel.cancel_shielded_checkpoint()
+        data = self.recv_nowait(size)
+        self._yield_first = data is not None
         return data
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
