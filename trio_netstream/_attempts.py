@@ -118,13 +118,18 @@ class Attempt:
             sock.close()
 
 
+_STREAM_NONBLOCK = _stdlib_socket.SOCK_STREAM | getattr(_stdlib_socket, "SOCK_NONBLOCK", 0)
+
+
 async def _connect(attempt: Attempt, options: StreamOptions) -> None:
     """Make, bind and connect the attempt's socket; a failure is its error.
     (``connect()`` checkpoints first: a racing task cancelled before it ran
     closes the socket it just made.)"""
     try:
-        sock = attempt.sock = _stdlib_socket.socket(attempt.family, _stdlib_socket.SOCK_STREAM)
-        sock.setblocking(False)
+        # Non-blocking from the start where the platform can (no fcntl more).
+        sock = attempt.sock = _stdlib_socket.socket(attempt.family, _STREAM_NONBLOCK)
+        if sock.gettimeout() != 0.0:
+            sock.setblocking(False)
         if options.local_address is not None or options.local_port is not None:
             _bind(sock, attempt.family, options)
         await connect(sock, attempt.address)

@@ -103,7 +103,8 @@ class SocketTransport(trio.abc.HalfCloseableStream):
     def __init__(
         self, sock: _stdlib_socket.socket, trio_socket: trio.socket.SocketType | None = None
     ):
-        sock.setblocking(False)
+        if sock.gettimeout() != 0.0:  # (setblocking() makes a system call even then)
+            sock.setblocking(False)
         self._sock = sock
         self._trio_socket = trio_socket  # made when first asked for: idle connections are lighter
         self._eof_sent = False
