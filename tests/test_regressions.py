@@ -566,3 +566,94 @@ async def test_a_reconnect_does_not_decode_the_last_connections_half_character()
     await listeners[0].aclose()
     assert chunks == ["A"]
     assert closes == [False, False]
+
+
+async def test_set_secure_while_the_reader_spins_after_a_bulk_read() -> None:
+    """A bulk read makes the next read yield and try again (no cancel scope
+    around it on a quiet read): set_secure() during those yields must keep
+    the peer's ClientHello for the handshake, not deliver it as 'data'."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    events: list[Any] = []
+    secret_came = trio.Event()
+
+    def on_data(chunk: bytes) -> None:
+        events.append(("data", len(chunk)))
+        if chunk == b"secret":
+            secret_came.set()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    stream = net.create_connection(listeners[0].socket.getsockname()[1])
+    stream.on("data", on_data)
+    stream.on("secure", lambda: events.append("secure"))
+    with trio.fail_after(10):
+        async with stream:
+            peer = await listeners[0].accept()
+            await trio.testing.wait_all_tasks_blocked()
+            await peer.send_all(b"B" * 20000)  # a bulk read: the next read spins
+            while stream.bytes_read < 20000:
+                await trio.lowlevel.checkpoint()
+            stream.set_secure(server_ctx, server_side=True)  # the reader is spinning
+            tls = trio.SSLStream(peer, client_ctx, server_hostname="localhost")
+            await tls.do_handshake()
+            await tls.send_all(b"secret")
+            await secret_came.wait()
+            stream.destroy()
+        await trio.aclose_forcefully(tls)
+        await listeners[0].aclose()
+    assert events == [("data", 20000), "secure", ("data", 6)]
+
+
+async def test_closing_stream_socket_after_end_ends_the_reading() -> None:
+    """end(), then the user closes ``stream.socket``: the read that meets the
+    closed socket ends the reading (as it always did), it does not start
+    again at once, forever, without a schedule point."""
+    events: list[Any] = []
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    stream = net.create_connection(listeners[0].socket.getsockname()[1])
+    stream.on("data", lambda chunk: events.append(("data", chunk)))
+    stream.on("close", lambda had_error: events.append(("close", had_error)))
+    with trio.fail_after(10):
+        async with stream:
+            peer = await listeners[0].accept()
+            await trio.testing.wait_all_tasks_blocked()
+            stream.end()
+            stream.socket.close()
+            await trio.sleep(0.1)  # other tasks still run
+            stream.destroy()
+        await peer.aclose()
+        await listeners[0].aclose()
+    assert events == [("close", False)]
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["broken", "closed"])
+async def test_a_data_listener_raising_trios_resource_errors_is_the_listeners(
+    closed: bool,
+) -> None:
+    """A 'data' listener that raises trio.BrokenResourceError or
+    ClosedResourceError (a memory channel whose other end is gone): the
+    block raises it, as any listener's exception; the socket did not fail."""
+    events: list[Any] = []
+    send, receive = trio.open_memory_channel[bytes](10)
+    if closed:
+        send.close()
+    else:
+        receive.close()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    stream = net.create_connection(listeners[0].socket.getsockname()[1])
+    stream.on("data", send.send_nowait)
+    stream.on("error", lambda exc: events.append(("error", exc)))
+    stream.on("close", lambda had_error: events.append(("close", had_error)))
+    expected = trio.ClosedResourceError if closed else trio.BrokenResourceError
+    with trio.fail_after(10), pytest.raises(expected):
+        async with stream:
+            peer = await listeners[0].accept()
+            await trio.testing.wait_all_tasks_blocked()
+            await peer.send_all(b"x")
+            await trio.sleep_forever()
+    await peer.aclose()
+    await listeners[0].aclose()
+    assert events == [("close", False)]

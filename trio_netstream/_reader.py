@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import math
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -202,46 +203,60 @@ async def quiet_read(conn: Connection) -> tuple[bool, bytes | None]:
     """
     transport = conn.direct
     assert isinstance(transport, SocketTransport)
-    sock = transport.plain
     flow = conn.flow
     emitter = conn.host
-    try:
-        while reads_quietly(conn):
-            data = await transport.receive_ready(READ_SIZE)
-            while data is None:
-                if not reads_quietly(conn):
-                    return False, None
-                conn.quiet_wait = True
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                except trio.ClosedResourceError:
-                    return False, None  # woken: the step looks at why
-                finally:
-                    conn.quiet_wait = False
-                await trio.lowlevel.checkpoint_if_cancelled()
-                if conn.stopped or conn.upgrade is not None:
-                    return False, None  # destroyed, or TLS bytes (set_secure()) as it woke
-                # Read what woke it now, as a receive does after its wait (no
-                # schedule point more: a failing send may be about to report
-                # the reset this read finds as an EOF); a chunk the
-                # conditions no longer let through here goes to the step.
-                data = transport.recv_nowait(READ_SIZE)
-            if not data:
-                return True, None
-            flow.bytes_read += len(data)
-            if flow.idle_period:
-                flow.last_activity = trio.current_time()
-            if not reads_quietly(conn):
-                return False, data
-            pending = emitter.emit("data", data)
-            if pending is not None:
-                with conn.step():
-                    await conn.finish_emission(pending)
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        if isinstance(exc, trio.ClosedResourceError) and conn.wrote_eof:
-            return False, None  # the step's read meets it too, and knows what it means
-        raise TransportError(translate(exc)) from None
+    while reads_quietly(conn):
+        try:
+            data = await _quiet_receive(conn, transport)
+        except trio.ClosedResourceError as exc:
+            if not conn.wrote_eof:
+                raise TransportError(translate(exc)) from None
+            conn.read_stopped = True  # closed under us after end() (read_session's rule)
+            return True, None
+        except trio.BrokenResourceError as exc:
+            raise TransportError(translate(exc)) from None
+        if data is None:
+            return False, None
+        if not data:
+            return True, None
+        flow.bytes_read += len(data)
+        if flow.idle_period:
+            flow.last_activity = trio.current_time()
+        if not reads_quietly(conn):
+            return False, data
+        pending = emitter.emit("data", data)
+        if pending is not None:
+            with conn.step():
+                await conn.finish_emission(pending)
     return False, None
+
+
+async def _quiet_receive(conn: Connection, transport: SocketTransport) -> bytes | None:
+    """The next chunk for :func:`quiet_read` (``b""`` at EOF), waiting in
+    epoll for it; ``None`` once the conditions no longer hold (asked after
+    every yield and wait) or when woken by ``notify_closing``: the caller
+    looks at why. Transport failures are raised (Trio's exceptions)."""
+    still = partial(reads_quietly, conn)
+    data = await transport.receive_ready(READ_SIZE, still)
+    while data is None:
+        if not still():
+            return None
+        conn.quiet_wait = True
+        try:
+            await trio.lowlevel.wait_readable(transport.plain)
+        except trio.ClosedResourceError:
+            return None  # woken (or the socket closed: the next read says so)
+        finally:
+            conn.quiet_wait = False
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if conn.stopped or conn.upgrade is not None:
+            return None  # destroyed, or TLS bytes (set_secure()) as it woke
+        # Read what woke it now, as a receive does after its wait (no
+        # schedule point more: a failing send may be about to report the
+        # reset this read finds as an EOF); a chunk the conditions no
+        # longer let through goes to the step.
+        data = transport.recv_nowait(READ_SIZE)
+    return data
 
 
 async def deliver(conn: Connection, data: bytes) -> None:

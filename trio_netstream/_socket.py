@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import socket as _stdlib_socket
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -176,26 +177,30 @@ class SocketTransport(trio.abc.HalfCloseableStream):
             self._bulk = len(data) >= BULK_READ
         return data
 
-    async def receive_ready(self, size: int) -> bytes | None:
+    async def receive_ready(self, size: int, still: Callable[[], bool]) -> bytes | None:
         """:meth:`receive_some` up to its wait: the checkpoint, the read, and
         after a large read the scheduler steps that try again; ``None`` where
-        it would wait in epoll (the caller waits itself: see ``_reader.quiet_read``)."""
+        it would wait in epoll (the caller waits itself: see
+        ``_reader.quiet_read``), or where, after a yield, *still* says the
+        caller may no longer read (``set_secure()`` meanwhile: what comes
+        next is TLS). No cancel scope interrupts these yields, so *still*
+        is asked after each, before reading."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._replied and not self._bulk:
-            return await self._after_reply(size)
+            return await self._after_reply(size, still)
         data = self.recv_nowait(size)
         if data is not None:
             await trio.lowlevel.cancel_shielded_checkpoint()
         elif self._bulk:
             try:
-                data = await self._spin(self._sock, size)
+                data = await self._spin(self._sock, size, still)
             except OSError as exc:
                 raise self._broken(exc) from exc
             if data is not None:
                 self._bulk = len(data) >= BULK_READ
         return data
 
-    async def _after_reply(self, size: int) -> bytes | None:
+    async def _after_reply(self, size: int, still: Callable[[], bool]) -> bytes | None:
         """The first read after this side answered (``try_send()``): right
         away, or after one scheduler step, whichever found the peer's next
         message last time. A peer on the same core has often answered by the
@@ -210,19 +215,21 @@ class SocketTransport(trio.abc.HalfCloseableStream):
         if self._yield_first:
             self._probes += 1
             if self._probes % PROBE_EVERY:
-                return await self._yield_then_recv(size)
+                return await self._yield_then_recv(size, still)
         data = self.recv_nowait(size)
         if data is not None:
             self._yield_first = False
             await trio.lowlevel.cancel_shielded_checkpoint()
             return data
         if self._yield_first:  # a probe that found nothing: the step as usual
-            return await self._yield_then_recv(size)
+            return await self._yield_then_recv(size, still)
         self._yield_first = True
         return None
 
-    async def _yield_then_recv(self, size: int) -> bytes | None:
+    async def _yield_then_recv(self, size: int, still: Callable[[], bool]) -> bytes | None:
         await trio.lowlevel.cancel_shielded_checkpoint()
+        if not still():
+            return None
         data = self.recv_nowait(size)
         self._yield_first = data is not None
         return data
@@ -257,12 +264,17 @@ class SocketTransport(trio.abc.HalfCloseableStream):
             return trio.ClosedResourceError("the transport was closed")
         return trio.BrokenResourceError(f"the socket failed: {exc}")
 
-    async def _spin(self, sock: _stdlib_socket.socket, size: int) -> bytes | None:
-        """Yield to the scheduler up to ``_spins`` times, reading after each;
-        ``None`` if nothing came (the caller waits in epoll then)."""
+    async def _spin(
+        self, sock: _stdlib_socket.socket, size: int, still: Callable[[], bool] | None = None
+    ) -> bytes | None:
+        """Yield to the scheduler up to ``_spins`` times, reading after each
+        (unless *still* says no more); ``None`` if nothing came (the caller
+        waits in epoll then)."""
         spins = self._spins
         for _ in range(spins):
             await trio.lowlevel.checkpoint()
+            if still is not None and not still():
+                return None
             data = _recv_now(sock, size)
             if data is not None:
                 self._spins = min(spins * 2, MAX_SPINS)
