@@ -383,6 +383,17 @@ async def test_no_drain_after_end_called_while_an_async_listener_ran() -> None:
     assert events == [("write", False), "end()"]
 
 
+def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a trustme certificate for ``localhost``, and a
+    client context that trusts it."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
+
+
 class _UpgradeAsTheReaderWakes(trio.abc.Instrument):
     """Calls ``set_secure()`` (as another task would) in the narrow moment
     after the reader was woken by readable bytes and before it runs on."""
@@ -413,11 +424,7 @@ async def test_bytes_read_after_set_secure_go_to_tls_even_if_the_reader_was_alre
     """set_secure() from another task just after the reader was woken by the
     peer's ClientHello: the reader read it anyway, and delivered it as
     plaintext 'data'; the handshake then waited for it until the timeout."""
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = _tls_contexts()
     events: list[Any] = []
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     stream = net.create_connection(listeners[0].socket.getsockname()[1])
@@ -452,11 +459,7 @@ async def test_drain_waits_for_the_plaintext_queued_before_set_secure(written_af
     still unsent. It comes once every byte written before it has gone out:
     before 'secure' when nothing was written after set_secure(), after the
     handshake (which the later bytes wait for) otherwise."""
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = _tls_contexts()
     big, tail = b"p" * (8 << 20), b"PLAIN-TAIL"
     events: list[Any] = []
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -572,11 +575,7 @@ async def test_set_secure_while_the_reader_spins_after_a_bulk_read() -> None:
     """A bulk read makes the next read yield and try again (no cancel scope
     around it on a quiet read): set_secure() during those yields must keep
     the peer's ClientHello for the handshake, not deliver it as 'data'."""
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = _tls_contexts()
     events: list[Any] = []
     secret_came = trio.Event()
 

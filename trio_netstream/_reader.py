@@ -32,6 +32,8 @@ from ._state import Input
 from ._tls import TLSTransport, make_transport, verify
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._connection import Connection, Upgrade
 
 __all__ = [
@@ -205,9 +207,10 @@ async def quiet_read(conn: Connection) -> tuple[bool, bytes | None]:
     assert isinstance(transport, SocketTransport)
     flow = conn.flow
     emitter = conn.host
-    while reads_quietly(conn):
+    still = partial(reads_quietly, conn)  # made once, not per chunk
+    while still():
         try:
-            data = await _quiet_receive(conn, transport)
+            data = await _quiet_receive(conn, transport, still)
         except trio.ClosedResourceError as exc:
             if not conn.wrote_eof:
                 raise TransportError(translate(exc)) from None
@@ -222,7 +225,7 @@ async def quiet_read(conn: Connection) -> tuple[bool, bytes | None]:
         flow.bytes_read += len(data)
         if flow.idle_period:
             flow.last_activity = trio.current_time()
-        if not reads_quietly(conn):
+        if not still():
             return False, data
         pending = emitter.emit("data", data)
         if pending is not None:
@@ -231,12 +234,13 @@ async def quiet_read(conn: Connection) -> tuple[bool, bytes | None]:
     return False, None
 
 
-async def _quiet_receive(conn: Connection, transport: SocketTransport) -> bytes | None:
+async def _quiet_receive(
+    conn: Connection, transport: SocketTransport, still: Callable[[], bool]
+) -> bytes | None:
     """The next chunk for :func:`quiet_read` (``b""`` at EOF), waiting in
-    epoll for it; ``None`` once the conditions no longer hold (asked after
-    every yield and wait) or when woken by ``notify_closing``: the caller
-    looks at why. Transport failures are raised (Trio's exceptions)."""
-    still = partial(reads_quietly, conn)
+    epoll for it; ``None`` once *still* (:func:`reads_quietly`) says no
+    (asked after every yield and wait) or when woken by ``notify_closing``:
+    the caller looks at why. Transport failures are raised (Trio's exceptions)."""
     data = await transport.receive_ready(READ_SIZE, still)
     while data is None:
         if not still():
