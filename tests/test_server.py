@@ -18,6 +18,7 @@ from netstream_testing import IPV6, IPV6_REASON, Tally
 from trio.testing import wait_all_tasks_blocked
 
 import trio_netstream as net
+from trio_netstream._accepting import ACCEPT_BURST
 
 
 class Transport:
@@ -708,3 +709,36 @@ async def test_a_closed_server_can_listen_again() -> None:
                 client.write(b"again")
             server.close()
     assert events == ["listening", "close", "listening", "close"]
+
+
+async def test_a_backlog_of_connections_does_not_starve_other_tasks() -> None:
+    """Connections already waiting in the backlog are accepted in bursts:
+    other tasks run between them, and every one is accepted."""
+    waiting = 3 * ACCEPT_BURST
+    accepted: list[net.Stream] = []
+    seen: list[int] = []  # what another task saw each time it ran
+
+    def on_connection(stream: net.Stream) -> None:
+        accepted.append(stream)
+        stream.resume()  # reads: it sees its client's end, and ends too
+        stream.on("end", stream.end)
+
+    async with net.create_server(on_connection) as server:
+        await server.listen(0, "127.0.0.1", backlog=waiting)
+        port = server.address()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(waiting)]
+        try:
+            with trio.fail_after(10):
+                while len(accepted) < waiting:
+                    await trio.lowlevel.checkpoint()
+                    seen.append(len(accepted))
+        finally:
+            for client in clients:
+                client.close()
+        server.close()
+    assert len(accepted) == waiting
+    steps = [after - before for before, after in zip([0, *seen[:-1]], seen, strict=True)]
+    # Each scheduler batch runs each task once, in either order: between two
+    # looks of ours, the accept loop ran at most twice.
+    assert max(steps) <= 2 * ACCEPT_BURST
+    assert any(0 < count < waiting for count in seen)

@@ -44,6 +44,9 @@ logger = logging.getLogger("trio_netstream")
 # accept() failures that mean "out of resources right now": wait and retry.
 _RETRY_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _RETRY_DELAY = 0.1
+#: Connections accepted in a row before the accept loop lets the others run;
+#: the wait for the next one (accept() found none) is a schedule point too.
+ACCEPT_BURST = 16
 
 ConnectionListener = Callable[[Stream], object]
 _T = TypeVar("_T")
@@ -253,10 +256,12 @@ class Accepting(ServerEvents):
                     await self._emit("listening")
                 finally:
                     task_status.started()
+                burst = 0
                 while True:
                     try:
                         sock, peer = listener.accept()
                     except BlockingIOError:
+                        burst = 0
                         try:
                             await trio.lowlevel.wait_readable(listener)
                         except trio.ClosedResourceError:
@@ -272,7 +277,10 @@ class Accepting(ServerEvents):
                         failure = translate(exc)
                         break  # out of the scope close() cancels
                     self._accepted(SocketTransport(sock), peer, fresh)
-                    await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
+                    burst += 1
+                    if burst == ACCEPT_BURST:  # a connection storm must not starve the rest
+                        burst = 0
+                        await trio.lowlevel.checkpoint()
             if failure is not None:
                 await self._accept_failed(failure)
         finally:
@@ -429,7 +437,8 @@ class Accepting(ServerEvents):
 
     def _task_done(self) -> None:
         self._live_tasks -= 1
-        self._tasks_done.unpark_all()
+        if self._tasks_done:  # someone waits (unpark_all() costs, even for nobody)
+            self._tasks_done.unpark_all()
 
     async def _serve_with_handlers(
         self, conn: Connection, pending: list[Awaitable[object]]

@@ -262,15 +262,20 @@ class Connection:
         self.task_nursery = nursery
         self.reader_task = trio.lowlevel.current_task()
         try:
-            started, eof, held = False, False, None
+            # Accepted or adopted, and nobody awaits 'connect': it starts without a step.
+            started = self.transport is not None and not self.listens("connect")
+            if started and not _begin(self):
+                return
+            eof, held = False, None
             while not (started and self.stopped):
                 if started and not eof and held is None and reads_quietly(self):
+                    self.step_scope = None  # what stop() cancels is over
                     eof, held = await quiet_read(self)
                     continue  # stopped, or what comes now needs a step
                 with self.step() as scope:
                     if not started:
                         started = True
-                        if not await self._start():
+                        if not await _start(self):
                             return
                     if held is not None:
                         chunk, held = held, None
@@ -297,41 +302,11 @@ class Connection:
         except Exception as exc:  # a listener raised
             self.owner.listener_failed(exc)
         finally:
-            self.task_nursery = None
-            self.stopped = True  # the writer and the timer are done too:
-            self.direct = None  # whatever they were doing counts for nothing now
-            for task_scope in self.scopes:
-                task_scope.cancel()  # the timer, if any (and the writer, if destroyed)
+            _wind_down(self)
             try:
                 await self.teardown()
             finally:
                 self.owner.connection_done(self.host)
-
-    async def _start(self) -> bool:
-        """Connect (unless adopted), start the writer's queued work and the
-        timer, emit ``'connect'``; ``False`` if destroyed meanwhile."""
-        flow = self.flow
-        if flow.idle_period:  # (set_timeout() later starts the period itself: replan())
-            flow.last_activity = trio.current_time()
-            start_timer(self)
-        if self.transport is None:
-            assert self.task_nursery is not None
-            self.transport, peer = await dial(
-                self.target, self.options, partial(_emit_dialing, self), self.task_nursery
-            )
-            if self.stopped:
-                return False  # destroyed as the connection came up: teardown closes it
-            if self.upgrade is None:
-                self.direct = self.transport
-            note_addresses(self, peer)
-            apply_socket_options(self, fresh=True)
-            flow.sm.apply(Input.CONNECTED)
-            self.flushed()  # drain() waits out the connecting
-        elif self.stopped and self.accepted:
-            return False  # destroyed by a 'connection' listener: 'close' is all it emits
-        kick_writer(self)  # what was queued while connecting, an early end()
-        await self.emit("connect")
-        return True
 
     async def teardown(self) -> None:
         """Close the transport, then emit ``'error'`` (if any) and ``'close'``."""
@@ -560,6 +535,61 @@ class Connection:
             and (interrupt or self.flow.kept)
         ):
             self.step_scope.cancel()
+
+
+async def _start(conn: Connection) -> bool:
+    """Connect (unless adopted), start the writer's queued work and the
+    timer, emit ``'connect'``; ``False`` if destroyed meanwhile."""
+    if conn.transport is not None:
+        if not _begin(conn):
+            return False
+        await conn.emit("connect")
+        return True
+    _start_timer(conn)
+    assert conn.task_nursery is not None
+    conn.transport, peer = await dial(
+        conn.target, conn.options, partial(_emit_dialing, conn), conn.task_nursery
+    )
+    if conn.stopped:
+        return False  # destroyed as the connection came up: teardown closes it
+    if conn.upgrade is None:
+        conn.direct = conn.transport
+    note_addresses(conn, peer)
+    apply_socket_options(conn, fresh=True)
+    conn.flow.sm.apply(Input.CONNECTED)
+    conn.flushed()  # drain() waits out the connecting
+    kick_writer(conn)  # what was queued while connecting, an early end()
+    await conn.emit("connect")
+    return True
+
+
+def _begin(conn: Connection) -> bool:
+    """The start of an accepted or adopted connection (no connecting):
+    the timer, the writer's queued work; ``False`` if a ``'connection'``
+    listener destroyed it (then ``'close'`` is all it emits)."""
+    _start_timer(conn)
+    if conn.stopped and conn.accepted:
+        return False
+    kick_writer(conn)
+    return True
+
+
+def _start_timer(conn: Connection) -> None:
+    flow = conn.flow
+    if flow.idle_period:  # (set_timeout() later starts the period itself: replan())
+        flow.last_activity = trio.current_time()
+        start_timer(conn)
+
+
+def _wind_down(conn: Connection) -> None:
+    """The lifecycle is over (``'close'`` comes next): the writer and the
+    timer are done too, whatever they were doing counts for nothing now."""
+    conn.task_nursery = None
+    conn.step_scope = None
+    conn.stopped = True
+    conn.direct = None
+    for task_scope in conn.scopes:
+        task_scope.cancel()  # the timer, if any (and the writer, if destroyed)
 
 
 def wake_quiet_reader(conn: Connection) -> None:

@@ -41,10 +41,12 @@ __all__ = ["SocketTransport", "connect"]
 
 async def connect(sock: _stdlib_socket.socket, address: Any) -> None:
     """Connect the non-blocking stdlib *sock* to *address*, as Trio's
-    ``socket.connect`` does (a checkpoint; cancellable while the handshake
+    ``socket.connect`` does (a cancel point; cancellable while the handshake
     is in flight; the caller closes the socket on failure), without making a
     Trio socket wrapper. A handshake that is over when ``connect()`` is asked
-    again (over loopback it usually is) costs no wait in epoll.
+    again (over loopback it usually is) costs no wait in epoll, and no
+    schedule point either: its one caller, the dial, goes on to the
+    connection's first read, which waits.
 
     Raises:
         OSError: the connection failed (``ECONNREFUSED``, ``ENOENT``, ...).
@@ -64,7 +66,6 @@ async def connect(sock: _stdlib_socket.socket, address: Any) -> None:
                 return  # the wait was the checkpoint
     if code != 0:
         raise OSError(code, f"Error connecting to {address!r}: {os.strerror(code)}")
-    await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 _DEFAULT_RECEIVE = 64 * 1024

@@ -1,0 +1,196 @@
+"""Where a connection's (or a round trip's) CPU time goes: the library's
+code, Trio's, the program's, the kernel's.
+
+``python benchmarks/cost_split.py [--kind churn|churn-node|pingpong]
+[--count N] [--runs N] [--baseline DIR]`` runs the bench's own roles
+(``python_peer.py``): each side, trio_netstream's and raw trio's, against
+the other side played by raw trio, so that one process is the side
+measured and the other is the same in every pairing. While the measured
+process works, ``py-spy`` (``pip install py-spy``; ``--native``, 400 Hz;
+each sample stops the process for a moment) samples it. Its CPU time
+comes from ``/proc/PID/stat``: user and system time from the moment the
+client is told the port to the moment it reports (the interpreter's start
+and the imports are not counted). The kernel's share is the system time.
+The user time is split in proportion to py-spy's samples, each counted
+for the innermost frame of:
+
+* ``trio_netstream``: the library (``trio_netstream/``);
+* ``Trio``: ``trio/``, ``outcome/``, ``sniffio/`` (its scheduler, its cancel
+  scopes, its ``SocketStream``);
+* ``program``: the peer program (``benchmarks/``) and anything else.
+
+A sample whose innermost frame is a system call's C wrapper
+(``socketmodule.c``, ``selectmodule.c``, libc) is the kernel's; it is left
+out of the split of the user time (system time is measured, not sampled).
+
+Every figure is a median over ``--runs`` runs, per connection (churn) or
+per round trip (pingpong), in microseconds. The sampling itself costs the
+process some time, the same for every side; compare the sides, not the
+absolute figures with ``bench.py``'s. Not part of the harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OWNERS = ("trio_netstream", "Trio", "program")
+_TRIO_DIRS = ("/trio/", "/outcome/", "/sniffio/")
+_SYSCALL_FILES = ("socketmodule.c", "selectmodule.c", "libc.so")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def owner_of(frame: str) -> str | None:
+    """The owner of one py-spy frame (``name (path:line)``), or ``None``
+    for a frame that belongs to whoever called it (the standard library)."""
+    where = frame.rsplit("(", 1)[-1]
+    if "trio_netstream/" in where:
+        return "trio_netstream"
+    if any(part in "/" + where for part in _TRIO_DIRS):
+        return "Trio"
+    if "benchmarks/" in where or where.startswith(("peer_", "python_peer", "bench")):
+        return "program"
+    return None
+
+
+def split_samples(raw: str) -> Counter[str]:
+    """py-spy's raw (collapsed) stacks, counted by owner, and ``kernel``."""
+    counts: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not stack or not number.isdigit():
+            continue
+        frames = stack.split(";")
+        if any("importlib" in frame for frame in frames):
+            continue  # a late import, not the work measured
+        if any(name in frames[-1] for name in _SYSCALL_FILES):
+            counts["kernel"] += int(number)
+            continue
+        owner = next((o for f in reversed(frames) if (o := owner_of(f))), "program")
+        counts[owner] += int(number)
+    return counts
+
+
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """A process's user and system time so far, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def _start(peer: str, role: str, cfg: dict[str, Any], library: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(library), str(HERE)])}
+    argv = [sys.executable, str(HERE / "python_peer.py"), role, peer, json.dumps(cfg)]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+
+
+def _line(out: IO[bytes], prefix: str) -> str:
+    for raw in out:
+        line = raw.decode().strip()
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    raise RuntimeError(f"the peer exited before printing {prefix}")
+
+
+def _configs(kind: str, count: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    server = {"mode": "echo", "bytes": 0, "connections": 0, "no_delay": True, "tls": None}
+    client: dict[str, Any] = {"kind": "churn", "count": count, "tls": None, "no_delay": True}
+    if kind == "pingpong":
+        client.update(kind="pingpong", rounds=count, size=64)
+    else:
+        client["style"] = "destroy" if kind == "churn-node" else "graceful"
+    return server, client
+
+
+def measure(
+    spy: str, kind: str, count: int, measured: tuple[str, str], library: Path
+) -> dict[str, float]:
+    """One run: *measured* (side, peer) against raw trio; microseconds per unit."""
+    side, peer = measured
+    server_cfg, client_cfg = _configs(kind, count)
+    server = _start(peer if side == "server" else "trio", "server", server_cfg, library)
+    client = _start(peer if side == "client" else "trio", "client", client_cfg, library)
+    target = server if side == "server" else client
+    assert server.stdout is not None and client.stdout is not None and client.stdin is not None
+    try:
+        port = _line(server.stdout, "READY").split()[0]
+        with tempfile.NamedTemporaryFile(suffix=".raw") as out:
+            record = ["record", "--native", "-r", "400", "-f", "raw", "-o", out.name]
+            sampler = subprocess.Popen(
+                [spy, *record, "--pid", str(target.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            before = cpu_ticks(target.pid)
+            client.stdin.write(f"{port}\n".encode())
+            client.stdin.flush()
+            _line(client.stdout, "RESULT")
+            after = cpu_ticks(target.pid)
+            client.stdin.close()
+            client.wait()
+            server.terminate()
+            server.wait()
+            sampler.wait()
+            samples = split_samples(Path(out.name).read_text())
+    finally:
+        for proc in (client, server):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    per_unit = 1e6 / _TICKS / count
+    user, system = (after[0] - before[0]) * per_unit, (after[1] - before[1]) * per_unit
+    sampled = sum(samples[owner] for owner in OWNERS) or 1
+    shares = {owner: user * samples[owner] / sampled for owner in OWNERS}
+    return {**shares, "kernel": system, "total": user + system}
+
+
+def _table(kind: str, results: dict[str, list[dict[str, float]]]) -> str:
+    unit = "round trip" if kind == "pingpong" else "connection"
+    head = ["side", *OWNERS, "kernel", "total"]
+    lines = [
+        f"µs of CPU per {unit} ({kind}), medians; the other side is raw trio",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, runs in results.items():
+        cells = [f"{statistics.median(r[col] for r in runs):.0f}" for col in head[1:]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kind", choices=("churn", "churn-node", "pingpong"), default="churn-node")
+    parser.add_argument("--count", type=int, default=5000, help="connections or round trips")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="also measure this checkout's library")
+    args = parser.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    sides: list[tuple[str, str, str, Path]] = []
+    for side in ("client", "server"):
+        sides.append((f"{side}: trio", side, "trio", ROOT))
+        sides.append((f"{side}: trio_netstream", side, "trio_netstream", ROOT))
+        if args.baseline is not None:
+            sides.append((f"{side}: trio_netstream@base", side, "trio_netstream", args.baseline))
+    results: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in sides}
+    for _ in range(args.runs):  # interleaved
+        for name, side, peer, library in sides:
+            results[name].append(measure(spy, args.kind, args.count, (side, peer), library))
+            print(name, {k: round(v) for k, v in results[name][-1].items()}, flush=True)
+    print()
+    print(_table(args.kind, results))
+
+
+if __name__ == "__main__":
+    main()
