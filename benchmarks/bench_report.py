@@ -177,7 +177,9 @@ def markdown(suite: Suite, chart: str | None) -> str:
         "`python benchmarks/bench.py`. Client and server are separate processes on "
         f"127.0.0.1; runs are interleaved (A B C … A B C …) and every figure is the median of "
         f"{s.runs} run{'s' if s.runs != 1 else ''}. **Ratios are to raw `trio.SocketStream` "
-        "measured in the same invocation** (for latency and memory, lower is better).",
+        "measured in the same invocation** (for latency and memory, lower is better). "
+        "Where a connection's CPU time goes (the library's, Trio's, the kernel's): "
+        "[costs.md](costs.md).",
         "",
         f"Generated {now}.",
         "",

@@ -155,15 +155,17 @@ async def listener(host: str = "127.0.0.1") -> AsyncIterator[tuple[int, Accepted
             accepted.append(stream)
             accepted.arrived.set()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(accept_all)
-        try:
-            yield listeners[0].socket.getsockname()[1], accepted
-        finally:
-            nursery.cancel_scope.cancel()  # this body too: close without waiting
-            for stream in accepted:
-                stream.socket.close()
-            listeners[0].socket.close()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accept_all)
+            try:
+                yield listeners[0].socket.getsockname()[1], accepted
+            finally:
+                nursery.cancel_scope.cancel()  # this body too: close without waiting
+    finally:  # once accept_all() is over: it may be inside accept() (woken, not run yet)
+        for stream in accepted:
+            stream.socket.close()
+        listeners[0].socket.close()
 
 
 def record(stream: net.Stream) -> list[tuple[Any, ...]]:

@@ -25,7 +25,8 @@ async def demo(
     *,
     tls: bool = False,
 ) -> None:
-    """The echo server of Node's original ``net`` docs, and a client that says two lines and ends.
+    """The echo server of Node's original ``net`` docs, and a client that says two lines
+    once greeted and ends once they are echoed.
 
     With *tls*, both sides speak TLS from the first byte, with a throwaway
     certificate, and both print their ``'secure'`` event. Each line goes to
@@ -56,9 +57,19 @@ async def demo(
         assert isinstance(address, tuple)
         client = create_connection(address[1], host, **client_options)
         _print_client_events(client, out, tls=tls)
+
+        def converse(data: str) -> None:
+            # One turn at a time: each side writes only after it read the
+            # other's last words, so no two writes meet in one 'data'.
+            if data == "hello\r\n":
+                client.write("ping\r\n")
+                client.write("pong\r\n")
+            elif data.endswith("pong\r\n"):
+                client.end()
+
+        client.on("data", converse)
         async with client:
-            client.write("ping\r\n")
-            client.end("pong\r\n")
+            pass
         # Both ends close on their own schedule; wait for the server's so the
         # transcript reads the same on every run.
         await served.wait()
