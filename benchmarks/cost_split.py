@@ -1,8 +1,8 @@
 """Where a connection's (or a round trip's) CPU time goes: the library's
 code, Trio's, the program's, the kernel's.
 
-``python benchmarks/cost_split.py [--kind churn|churn-node|pingpong]
-[--count N] [--runs N] [--baseline DIR]`` runs the bench's own roles
+``python benchmarks/cost_split.py [--kinds churn,churn-node,pingpong]
+[--count N] [--runs N] [--baseline DIR] [--output FILE]`` runs the bench's own roles
 (``python_peer.py``): each side, trio_netstream's and raw trio's, against
 the other side played by raw trio, so that one process is the side
 measured and the other is the same in every pairing. While the measured
@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +50,9 @@ OWNERS = ("trio_netstream", "Trio", "program")
 _TRIO_DIRS = ("/trio/", "/outcome/", "/sniffio/")
 _SYSCALL_FILES = ("socketmodule.c", "selectmodule.c", "libc.so")
 _TICKS = os.sysconf("SC_CLK_TCK")
+#: Round trips measured for each connection *count* asks for (a round trip
+#: costs a tenth of a connection or less).
+PINGPONG_PER_CONNECTION = 10
 
 
 def owner_of(frame: str) -> str | None:
@@ -106,7 +110,7 @@ def _configs(kind: str, count: int) -> tuple[dict[str, Any], dict[str, Any]]:
     server = {"mode": "echo", "bytes": 0, "connections": 0, "no_delay": True, "tls": None}
     client: dict[str, Any] = {"kind": "churn", "count": count, "tls": None, "no_delay": True}
     if kind == "pingpong":
-        client.update(kind="pingpong", rounds=count, size=64)
+        client.update(kind="pingpong", rounds=count, size=64)  # count: round trips
     else:
         client["style"] = "destroy" if kind == "churn-node" else "graceful"
     return server, client
@@ -122,7 +126,12 @@ def measure(
     client = _start(peer if side == "client" else "trio", "client", client_cfg, library)
     target = server if side == "server" else client
     assert server.stdout is not None and client.stdout is not None and client.stdin is not None
+    assert target.stdout is not None
     try:
+        if peer == "trio_netstream":  # the library measured is the one asked for
+            imported = json.loads(_line(target.stdout, "LIBRARY"))["file"]
+            if not Path(imported).is_relative_to(library):
+                raise RuntimeError(f"imported {imported}, not the library in {library}")
         port = _line(server.stdout, "READY").split()[0]
         with tempfile.NamedTemporaryFile(suffix=".raw") as out:
             record = ["record", "--native", "-r", "400", "-f", "raw", "-o", out.name]
@@ -169,27 +178,69 @@ def _table(kind: str, results: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kind", choices=("churn", "churn-node", "pingpong"), default="churn-node")
-    parser.add_argument("--count", type=int, default=5000, help="connections or round trips")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--baseline", type=Path, help="also measure this checkout's library")
-    args = parser.parse_args()
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+def _runs(results: dict[str, list[dict[str, float]]]) -> str:
+    lines = ["| side | total µs, each run |", "|---|---|"]
+    for name, runs in results.items():
+        lines.append(f"| {name} | " + ", ".join(f"{r['total']:.0f}" for r in runs) + " |")
+    return "\n".join(lines)
+
+
+def _sides(baseline: Path | None) -> list[tuple[str, str, str, Path]]:
     sides: list[tuple[str, str, str, Path]] = []
     for side in ("client", "server"):
         sides.append((f"{side}: trio", side, "trio", ROOT))
         sides.append((f"{side}: trio_netstream", side, "trio_netstream", ROOT))
-        if args.baseline is not None:
-            sides.append((f"{side}: trio_netstream@base", side, "trio_netstream", args.baseline))
-    results: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in sides}
-    for _ in range(args.runs):  # interleaved
-        for name, side, peer, library in sides:
-            results[name].append(measure(spy, args.kind, args.count, (side, peer), library))
-            print(name, {k: round(v) for k, v in results[name][-1].items()}, flush=True)
-    print()
-    print(_table(args.kind, results))
+        if baseline is not None:
+            sides.append((f"{side}: trio_netstream@base", side, "trio_netstream", baseline))
+    return sides
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kinds", default="churn-node", help="churn, churn-node, pingpong")
+    parser.add_argument("--count", type=int, default=5000, help="connections (x10 round trips)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="also measure this checkout's library")
+    parser.add_argument("--output", type=Path, help="also write the tables here (Markdown)")
+    args = parser.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    sides = _sides(args.baseline.resolve() if args.baseline else None)
+    report: list[str] = []
+    for kind in args.kinds.split(","):
+        results: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in sides}
+        for _ in range(args.runs):  # interleaved
+            count = args.count * (PINGPONG_PER_CONNECTION if kind == "pingpong" else 1)
+            for name, side, peer, library in sides:
+                results[name].append(measure(spy, kind, count, (side, peer), library))
+                print(kind, name, {k: round(v) for k, v in results[name][-1].items()}, flush=True)
+        report += [f"### {kind}", "", _table(kind, results), "", _runs(results), ""]
+    print("\n".join(report))
+    if args.output is not None:
+        args.output.write_text(_page(args, report))
+
+
+def _page(args: argparse.Namespace, report: list[str]) -> str:
+    """The Markdown page: what was measured and how, then the tables."""
+    base = f" `trio_netstream@base` is the library of `{args.baseline}`." if args.baseline else ""
+    return "\n".join(
+        [
+            "# Where a connection's time goes",
+            "",
+            "CPU time per connection (churn rows) or per round trip (ping-pong), in µs,",
+            "split into trio_netstream's own code, Trio's (its scheduler, cancel scopes,",
+            "nurseries, I/O waits; for raw trio also its `SocketStream` and",
+            "`open_tcp_stream`), the benchmark program's, and the kernel's (system",
+            "time). Each side is measured against raw trio playing the other side, so",
+            "that only the side named varies. Made by `python benchmarks/cost_split.py",
+            f"--kinds {args.kinds} --count {args.count} --runs {args.runs}` "
+            f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the method is in",
+            "the script's docstring (user time split by py-spy's samples, system time",
+            "from `/proc`). py-spy's sampling slows the process a little, the same for",
+            f"every side: compare the rows, not the absolute figures with bench.py's.{base}",
+            "",
+            *report,
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -656,3 +656,99 @@ async def test_a_data_listener_raising_trios_resource_errors_is_the_listeners(
     await peer.aclose()
     await listeners[0].aclose()
     assert events == [("close", False)]
+
+
+# -- leaving a client block while it is cancelled (a review of a faster exit) -------------
+
+
+async def test_a_close_listener_raising_while_the_finished_block_is_cancelled_is_raised() -> None:
+    """The body is over, the connection open; the enclosing scope is
+    cancelled while the block waits for 'close', and the 'close' listener
+    raises: the exception leaves the block (a listener's is never swallowed)."""
+    ours, _peer = trio.testing.memory_stream_pair()
+    stream = net.Stream.wrap(ours)
+
+    def on_close(had_error: bool) -> None:
+        raise ValueError("from 'close'")
+
+    stream.on("close", on_close)
+    raised = pytest.RaisesGroup(ValueError, allow_unwrapped=True, flatten_subgroups=True)
+    with raised, trio.CancelScope() as outer:
+
+        async def cancel_once_blocked() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            outer.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel_once_blocked)
+            async with stream:
+                pass  # the peer never ends: the block waits
+
+
+async def _reconnecting_stream(port: int, closes: list[bool]) -> net.Stream:
+    """A stream whose 'close' listener reconnects (Node's idiom), at most 50 times."""
+    stream = net.create_connection(port)
+
+    def on_close(had_error: bool) -> None:
+        closes.append(had_error)
+        if len(closes) < 50:  # bounded: a test that fails still ends
+            stream.connect(port)
+
+    stream.on("close", on_close)
+    return stream
+
+
+async def test_a_reconnecting_close_listener_ends_when_the_finished_block_is_cancelled() -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(100)
+    closes: list[bool] = []
+    stream = await _reconnecting_stream(listener.getsockname()[1], closes)
+    stream.on("data", lambda data: None)
+    # connect() from 'close' once the block exits: refused, and that leaves the block
+    refused = pytest.RaisesGroup(net.StreamStateError, allow_unwrapped=True, flatten_subgroups=True)
+    try:
+        with trio.fail_after(10), trio.CancelScope() as outer, refused:
+
+            async def cancel_soon() -> None:
+                await trio.sleep(0.2)
+                outer.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_soon)
+                async with stream:
+                    pass
+    finally:
+        listener.close()
+    assert len(closes) <= 2
+
+
+async def test_a_reconnecting_close_listener_ends_when_a_listener_fails_after_the_body() -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(100)
+    closes: list[bool] = []
+    stream = await _reconnecting_stream(listener.getsockname()[1], closes)
+
+    def on_data(data: bytes) -> None:
+        raise KeyError("from 'data'")
+
+    stream.on("data", on_data)
+
+    async def peer() -> None:
+        sock, _ = await listener.accept()
+        with sock:
+            await sock.send(b"x")
+            await trio.sleep_forever()
+
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer)
+                with pytest.raises(KeyError):
+                    async with stream:
+                        pass
+                nursery.cancel_scope.cancel()
+    finally:
+        listener.close()
+    assert len(closes) <= 2

@@ -742,3 +742,47 @@ async def test_a_backlog_of_connections_does_not_starve_other_tasks() -> None:
     # looks of ours, the accept loop ran at most twice.
     assert max(steps) <= 2 * ACCEPT_BURST
     assert any(0 < count < waiting for count in seen)
+
+
+async def test_no_connection_is_accepted_once_a_connection_listener_failed() -> None:
+    """A 'connection' listener that raises ends the server's block: the
+    accept loop takes none of the connections waiting in the backlog."""
+    calls: list[net.Stream] = []
+
+    def on_connection(stream: net.Stream) -> None:
+        calls.append(stream)
+        raise KeyError("listener")
+
+    clients: list[socket.socket] = []
+    try:
+        with trio.fail_after(10), pytest.raises(KeyError):
+            async with net.create_server(on_connection) as server:
+                await server.listen(0, "127.0.0.1", backlog=64)
+                port = server.address()[1]
+                clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+                await trio.sleep_forever()
+    finally:
+        for client in clients:
+            client.close()
+    assert len(calls) == 1
+
+
+async def test_no_connection_is_accepted_once_a_listener_cancelled_the_server() -> None:
+    calls: list[net.Stream] = []
+    clients: list[socket.socket] = []
+    with trio.fail_after(10), trio.CancelScope() as outer:
+
+        def on_connection(stream: net.Stream) -> None:
+            calls.append(stream)
+            outer.cancel()
+
+        try:
+            async with net.create_server(on_connection) as server:
+                await server.listen(0, "127.0.0.1", backlog=64)
+                port = server.address()[1]
+                clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+                await trio.sleep_forever()
+        finally:
+            for client in clients:
+                client.close()
+    assert len(calls) == 1

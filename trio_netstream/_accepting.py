@@ -277,6 +277,8 @@ class Accepting(ServerEvents):
                         failure = translate(exc)
                         break  # out of the scope close() cancels
                     self._accepted(SocketTransport(sock), peer, fresh)
+                    # A listener that raised (or cancelled) stops the loop here.
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     burst += 1
                     if burst == ACCEPT_BURST:  # a connection storm must not starve the rest
                         burst = 0

@@ -117,10 +117,8 @@ class Block:
             lone = _lone_exception(children)
             if lone is not None:
                 raise lone from None
-            if not _only_cancelled(children):
+            if exc is None or not _only_cancelled(children):
                 raise
-            if exc is None:  # cancelled while the nursery waited: as it came
-                raise _leaves(children)[0] from None
         finally:
             self.nursery = None
             self.shutting_down = False

@@ -262,10 +262,9 @@ class Stream(StreamIO):
 
     async def _wait_closed_on_exit(self) -> None:
         # Leaving the block is a checkpoint: a cancel point here, and the
-        # schedule point of the block's nursery as it exits. The nursery
-        # waits for the connection's task, which ends after 'close' (a
-        # cancellation meanwhile reaches that task: its teardown emits
-        # 'close', and the block raises the Cancelled).
+        # schedule point of the block's nursery as it exits.
+        while self._conn is not None and not self._conn.closed:
+            await self._conn.wait_closed()
         await trio.lowlevel.checkpoint_if_cancelled()
 
     def _spawn(self) -> None:
