@@ -213,7 +213,7 @@ def main() -> None:
             for name, side, peer, library in sides:
                 results[name].append(measure(spy, kind, count, (side, peer), library))
                 print(kind, name, {k: round(v) for k, v in results[name][-1].items()}, flush=True)
-        report += [f"### {kind}", "", _table(kind, results), "", _runs(results), ""]
+        report += [f"## {kind}", "", _table(kind, results), "", _runs(results), ""]
     print("\n".join(report))
     if args.output is not None:
         args.output.write_text(_page(args, report))
