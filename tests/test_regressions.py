@@ -685,7 +685,15 @@ async def test_a_close_listener_raising_while_the_finished_block_is_cancelled_is
                 pass  # the peer never ends: the block waits
 
 
-async def _reconnecting_stream(port: int, closes: list[bool]) -> net.Stream:
+async def _listening() -> trio.socket.SocketType:
+    """A raw listening socket on 127.0.0.1 that accepts nothing by itself."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(100)
+    return listener
+
+
+def _reconnecting_stream(port: int, closes: list[bool]) -> net.Stream:
     """A stream whose 'close' listener reconnects (Node's idiom), at most 50 times."""
     stream = net.create_connection(port)
 
@@ -699,11 +707,9 @@ async def _reconnecting_stream(port: int, closes: list[bool]) -> net.Stream:
 
 
 async def test_a_reconnecting_close_listener_ends_when_the_finished_block_is_cancelled() -> None:
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(100)
+    listener = await _listening()
     closes: list[bool] = []
-    stream = await _reconnecting_stream(listener.getsockname()[1], closes)
+    stream = _reconnecting_stream(listener.getsockname()[1], closes)
     stream.on("data", lambda data: None)
     # connect() from 'close' once the block exits: refused, and that leaves the block
     refused = pytest.RaisesGroup(net.StreamStateError, allow_unwrapped=True, flatten_subgroups=True)
@@ -724,11 +730,9 @@ async def test_a_reconnecting_close_listener_ends_when_the_finished_block_is_can
 
 
 async def test_a_reconnecting_close_listener_ends_when_a_listener_fails_after_the_body() -> None:
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen(100)
+    listener = await _listening()
     closes: list[bool] = []
-    stream = await _reconnecting_stream(listener.getsockname()[1], closes)
+    stream = _reconnecting_stream(listener.getsockname()[1], closes)
 
     def on_data(data: bytes) -> None:
         raise KeyError("from 'data'")

@@ -10,6 +10,7 @@ import shutil
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -744,6 +745,21 @@ async def test_a_backlog_of_connections_does_not_starve_other_tasks() -> None:
     assert any(0 < count < waiting for count in seen)
 
 
+async def _serve_a_backlog(on_connection: Callable[[net.Stream], None]) -> None:
+    """A server with 10 connections waiting in its backlog as it starts
+    accepting; it serves until its block ends (the clients close then)."""
+    clients: list[socket.socket] = []
+    try:
+        async with net.create_server(on_connection) as server:
+            await server.listen(0, "127.0.0.1", backlog=64)
+            port = server.address()[1]
+            clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+            await trio.sleep_forever()
+    finally:
+        for client in clients:
+            client.close()
+
+
 async def test_no_connection_is_accepted_once_a_connection_listener_failed() -> None:
     """A 'connection' listener that raises ends the server's block: the
     accept loop takes none of the connections waiting in the backlog."""
@@ -753,36 +769,18 @@ async def test_no_connection_is_accepted_once_a_connection_listener_failed() -> 
         calls.append(stream)
         raise KeyError("listener")
 
-    clients: list[socket.socket] = []
-    try:
-        with trio.fail_after(10), pytest.raises(KeyError):
-            async with net.create_server(on_connection) as server:
-                await server.listen(0, "127.0.0.1", backlog=64)
-                port = server.address()[1]
-                clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
-                await trio.sleep_forever()
-    finally:
-        for client in clients:
-            client.close()
+    with trio.fail_after(10), pytest.raises(KeyError):
+        await _serve_a_backlog(on_connection)
     assert len(calls) == 1
 
 
 async def test_no_connection_is_accepted_once_a_listener_cancelled_the_server() -> None:
     calls: list[net.Stream] = []
-    clients: list[socket.socket] = []
     with trio.fail_after(10), trio.CancelScope() as outer:
 
         def on_connection(stream: net.Stream) -> None:
             calls.append(stream)
             outer.cancel()
 
-        try:
-            async with net.create_server(on_connection) as server:
-                await server.listen(0, "127.0.0.1", backlog=64)
-                port = server.address()[1]
-                clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
-                await trio.sleep_forever()
-        finally:
-            for client in clients:
-                client.close()
+        await _serve_a_backlog(on_connection)
     assert len(calls) == 1
